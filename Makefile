@@ -1,0 +1,44 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv if missing and installs only what changed since the last run.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, from pip (not uv/poetry): see docs/install.md. Override for your CUDA, e.g.
+#   make test TORCH="torch torchvision --index-url <your wheel index>"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= croptune-demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format clean venv
+
+venv: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check $(TORCH)
+	touch $@
+
+# Re-installs when pyproject.toml changes; otherwise this step is a file check.
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/croptune demo --workdir $(DEMO_DIR)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache build *.egg-info

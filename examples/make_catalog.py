@@ -1,0 +1,20 @@
+"""Write the synthetic example catalog: python examples/make_catalog.py OUT_DIR --items 30 --seed 0."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from toolkit.synthetic import make_example_catalog
+
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("out_dir", type=Path, help="folder to write catalog.jsonl and img/ into")
+parser.add_argument("--items", type=int, default=30, help="number of items (default 30)")
+parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+args = parser.parse_args()
+
+catalog = make_example_catalog(args.out_dir, n_items=args.items, seed=args.seed)
+lines = catalog.read_text(encoding="utf-8").splitlines()
+n_images = sum(len(json.loads(line)["images"]) for line in lines)
+print(f"wrote {args.items} items ({n_images} photos) to {catalog}")

@@ -1,0 +1,421 @@
+"""LoRA fine-tuning of a student VLM with TRL's SFTTrainer on a croptune dataset."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from toolkit.dataset import dataset_features, example_row  # noqa: F401 - one row shape, re-exported
+from toolkit.errors import CroptuneError
+
+logger = logging.getLogger(__name__)
+
+# The language model's attention and MLP projections only. Plain names like "q_proj" (or
+# "all-linear") also match SigLIP's layers, whose LoRA weights vLLM ignores unless the
+# server runs with --enable-tower-connector-lora; the projector is a bare Parameter anyway.
+LANGUAGE_MODEL_LORA_TARGET = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
+# Ranks vLLM accepts for LoRA adapters (vllm.config.lora.LoRAConfig.max_lora_rank choices).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+class TrainConfig(BaseModel):
+    """Training settings: student, data, LoRA and the SFT knobs (overridable as key=value)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student: str = Field("tiny", description="Student preset name (see finetune/presets)")
+    model: str | None = Field(
+        None, description="Base model hub id or local path; overrides the preset's model"
+    )
+    dataset: Path = Field(description="Folder written by `croptune dataset build` (save_to_disk)")
+    output_dir: Path = Field(description="Run folder; the adapter goes to OUTPUT_DIR/adapter")
+    max_steps: int = Field(-1, description="Optimizer steps; -1 trains num_train_epochs instead")
+    num_train_epochs: float = Field(3.0, description="Epochs over the train split", gt=0)
+    per_device_train_batch_size: int = Field(
+        2, description="Examples per device per forward pass (each with several images)", ge=1
+    )
+    gradient_accumulation_steps: int = Field(
+        4,
+        description="Forward passes per optimizer step; effective batch = this x batch size",
+        ge=1,
+    )
+    learning_rate: float = Field(
+        2e-4, description="Peak learning rate (LoRA likes 1e-4..2e-4)", gt=0
+    )
+    lr_scheduler_type: str = Field("linear", description="transformers scheduler name")
+    warmup_ratio: float = Field(
+        0.03, description="Fraction of steps spent warming up the learning rate", ge=0, lt=1
+    )
+    logging_steps: int = Field(10, description="Log the training loss every N steps", ge=1)
+    eval_steps: int | None = Field(
+        None, description="Evaluate on the validation split every N steps; None disables eval", ge=1
+    )
+    seed: int = Field(42, description="Seed for LoRA init, data order and dropout")
+    bf16: bool | None = Field(
+        None,
+        description="bf16 mixed precision; None = on if the preset is bfloat16 and a GPU is present",
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward: less memory, ~30% slower"
+    )
+    report_to: str | list[str] = Field(
+        "none", description="Experiment trackers for the HF Trainer ('none', 'tensorboard', ...)"
+    )
+    lora_r: int = Field(8, description=f"LoRA rank; vLLM serves only {list(VLLM_LORA_RANKS)}")
+    lora_alpha: int = Field(16, description="LoRA scaling numerator (scale = alpha / r)", gt=0)
+    lora_dropout: float = Field(0.05, description="Dropout on the LoRA input", ge=0, lt=1)
+    lora_target: str | list[str] = Field(
+        LANGUAGE_MODEL_LORA_TARGET,
+        description="peft target_modules: a regex (full match) or a list of module name suffixes",
+    )
+    sft_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra trl.SFTConfig arguments, passed through as is"
+    )
+
+    @field_validator("lora_r")
+    @classmethod
+    def _servable_rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"lora_r={value} cannot be served by vLLM; choose one of {list(VLLM_LORA_RANKS)}"
+            )
+        return value
+
+    @field_validator("sft_args")
+    @classmethod
+    def _numbers_in_sft_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Typed fields coerce "1e-4" themselves; these free-form values need help.
+        return {key: _maybe_number(item) for key, item in value.items()}
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    adapter_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    first_loss: float | None = None
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    seconds: float = 0.0
+
+
+def _maybe_number(value: Any) -> Any:
+    # YAML 1.1 leaves exponent forms without a dot ("1e-4") as strings; integers never get here.
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CroptuneError(f"override {text!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise CroptuneError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), _maybe_number(value)
+
+
+def _check_keys(data: dict[str, Any], origin: str) -> None:
+    for key in data:
+        if key not in TrainConfig.model_fields:
+            raise CroptuneError(
+                f"unknown training config key {key!r} in {origin}; "
+                f"known keys: {', '.join(TrainConfig.model_fields)}"
+            )
+
+
+def load_train_config(path: Path | None, overrides: list[str]) -> TrainConfig:
+    """Read a training config from YAML, then apply `key=value` overrides (torchtune style)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CroptuneError(f"training config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise CroptuneError(f"training config {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CroptuneError(f"training config {path} must be a mapping of key: value")
+        _check_keys(data, str(path))
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _check_keys({keys[0]: None}, f"override {text!r}")
+        if len(keys) == 1:
+            data[keys[0]] = value
+        elif keys[0] == "sft_args" and len(keys) == 2:
+            data["sft_args"] = {**(data.get("sft_args") or {}), keys[1]: value}
+        else:
+            raise CroptuneError(f"override {text!r}: only sft_args.<name> may use a dotted key")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise CroptuneError(f"training config is not valid: {problems}") from exc
+
+
+def save_train_config(config: TrainConfig, path: Path) -> None:
+    """Write a config as YAML that load_train_config reads back into an equal config."""
+    path.write_text(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
+
+
+def _load_splits(dataset_dir: Path) -> Any:
+    from datasets import DatasetDict, load_from_disk
+
+    if not Path(dataset_dir).is_dir():
+        raise CroptuneError(
+            f"dataset folder {dataset_dir} does not exist; run `croptune dataset build`"
+        )
+    try:
+        data = load_from_disk(str(dataset_dir))
+    except FileNotFoundError as exc:
+        raise CroptuneError(f"{dataset_dir} is not a saved dataset: {exc}") from exc
+    if not isinstance(data, DatasetDict) or "train" not in data:
+        raise CroptuneError(f"dataset {dataset_dir} has no 'train' split")
+    missing = {"images", "prompt", "completion"} - set(data["train"].column_names)
+    if missing:
+        raise CroptuneError(f"dataset {dataset_dir} lacks columns {sorted(missing)}")
+    if len(data["train"]) == 0:
+        raise CroptuneError(f"dataset {dataset_dir} has an empty 'train' split")
+    return data
+
+
+def dataset_stats(splits: Any) -> dict[str, Any]:
+    """Examples per split and images per example, read from Arrow without decoding images."""
+    import pyarrow.compute as pc
+
+    stats: dict[str, Any] = {}
+    for name, split in splits.items():
+        table = split.with_format("arrow")[:]  # honours any indices mapping; no image decoding
+        counts = pc.list_value_length(table.column("images")).to_pylist() if len(split) else []
+        stats[name] = {
+            "examples": len(split),
+            "images": sum(counts),
+            "images_per_example_min": min(counts, default=0),
+            "images_per_example_max": max(counts, default=0),
+            "images_per_example_mean": round(sum(counts) / len(counts), 3) if counts else 0.0,
+        }
+    return stats
+
+
+def _use_bf16(config: TrainConfig, preset_dtype: str) -> bool:
+    import torch
+
+    if config.bf16 is not None:
+        return config.bf16
+    # bf16 autocast runs on CPU but slower than fp32; keep CPU runs in fp32 unless asked.
+    return (
+        preset_dtype == "bfloat16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+
+
+def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool, progress: bool) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    args: dict[str, Any] = {
+        "output_dir": str(config.output_dir),
+        "max_steps": config.max_steps,
+        "num_train_epochs": config.num_train_epochs,
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "per_device_eval_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio.
+        "warmup_steps": config.warmup_ratio,
+        "logging_steps": config.logging_steps,
+        "logging_first_step": True,  # a first loss to compare the last one with
+        "eval_strategy": "steps" if eval_enabled else "no",
+        "eval_steps": config.eval_steps if eval_enabled else None,
+        "seed": config.seed,
+        "bf16": bf16,
+        # The new name; setting the deprecated gradient_checkpointing alias only adds a warning.
+        "activation_checkpointing": config.gradient_checkpointing,
+        "report_to": config.report_to,
+        "disable_tqdm": not progress,
+        # Pinning is a no-op on CPU and only adds a warning there.
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        # Truncation could cut through an image's soft tokens and break the batch.
+        "max_length": None,
+        # Loss on the answer only: never on prompt text or image placeholder tokens.
+        "completion_only_loss": True,
+    }
+    if bf16 and not torch.cuda.is_available():
+        args["use_cpu"] = (
+            True  # transformers refuses bf16 without a GPU unless told it is a CPU run
+        )
+    args.update(config.sft_args)
+    try:
+        return SFTConfig(**args)
+    except (TypeError, ValueError) as exc:
+        raise CroptuneError(f"invalid training arguments (check sft_args): {exc}") from exc
+
+
+def _lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    # Only what vLLM can serve: no bias, no modules_to_save, no DoRA, default init.
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target,
+        bias="none",
+        modules_to_save=None,
+        use_dora=False,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _log_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        """Send the Trainer's log dicts to `logging` instead of stdout."""
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if state.is_local_process_zero and logs:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
+                logger.info("step %d: %s", state.global_step, shown)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            # Log the final step too, so the last loss is the end of training, not the
+            # last multiple of logging_steps.
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogCallback()
+
+
+def _load_base(model_path: str, bf16: bool, attn_implementation: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_path)
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_path,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+            attn_implementation=attn_implementation,
+        )
+    except OSError as exc:
+        raise CroptuneError(f"cannot load student model {model_path!r}: {exc}") from exc
+    return model, processor
+
+
+def build_trainer(
+    config: TrainConfig, progress: bool = False, callbacks: list[Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """An SFTTrainer with LoRA on the configured student and dataset, plus run facts."""
+    from finetune.students import silence_known_warnings
+
+    silence_known_warnings()
+    from transformers import PrinterCallback, set_seed
+    from trl import SFTTrainer
+
+    from finetune.students import load_preset, resolve_student
+
+    preset = load_preset(config.student)
+    model_path = resolve_student(config.model or preset.model)
+    splits = _load_splits(config.dataset)
+    eval_split = splits.get("validation")
+    eval_enabled = config.eval_steps is not None and eval_split is not None and len(eval_split) > 0
+    if config.eval_steps is not None and not eval_enabled:
+        logger.warning(
+            "eval_steps is set but the dataset has no validation examples; skipping eval"
+        )
+    bf16 = _use_bf16(config, preset.torch_dtype)
+    # Checked before loading the model, so a typo in sft_args fails in seconds, not minutes.
+    args = _sft_config(config, bf16, eval_enabled, progress)
+    set_seed(config.seed)  # LoRA matrices are initialised before the Trainer seeds anything
+    model, processor = _load_base(model_path, bf16, preset.attn_implementation)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=eval_split if eval_enabled else None,
+        processing_class=processor,
+        peft_config=_lora_config(config),
+        callbacks=[_log_callback(), *(callbacks or [])],
+    )
+    trainer.remove_callback(PrinterCallback)  # it print()s every log; LogCallback logs instead
+    facts = {
+        "base_model": model_path,
+        "preset": preset.model_dump(),
+        "bf16": bf16,
+        "eval": eval_enabled,
+        "dataset": dataset_stats(splits),
+    }
+    return trainer, facts
+
+
+def train(
+    config: TrainConfig, progress: bool = False, callbacks: list[Any] | None = None
+) -> TrainResult:
+    """Fine-tune the student with LoRA and save a self-contained adapter folder."""
+    trainer, facts = build_trainer(config, progress=progress, callbacks=callbacks)
+    logger.info(
+        "training %s on %d examples (%s)",
+        facts["base_model"],
+        facts["dataset"]["train"]["examples"],
+        "bf16" if facts["bf16"] else "fp32",
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    eval_loss = trainer.evaluate()["eval_loss"] if facts["eval"] else None
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    result = TrainResult(
+        adapter_dir=Path(config.output_dir) / "adapter",
+        steps=trainer.state.global_step,
+        losses=losses,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        eval_loss=eval_loss,
+        seconds=round(seconds, 3),
+    )
+    _save_artifacts(trainer, config, facts, result)
+    return result
+
+
+def _save_artifacts(
+    trainer: Any, config: TrainConfig, facts: dict[str, Any], result: TrainResult
+) -> None:
+    adapter_dir = result.adapter_dir
+    # save_model writes the PEFT adapter and the processor: the folder is enough to run inference.
+    trainer.save_model(str(adapter_dir))
+    save_train_config(config, adapter_dir / "train_config.yaml")
+    stats = {
+        **facts,
+        "steps": result.steps,
+        "losses": result.losses,
+        "eval_loss": result.eval_loss,
+        "seconds": result.seconds,
+    }
+    (adapter_dir / "train_stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    logger.info("saved adapter to %s", adapter_dir)

@@ -1,0 +1,107 @@
+"""Pure parsers: a teacher's answer text -> attributes or boxes.
+
+Tolerant the way supervision's VLM parsers are: code fences, prose around the JSON,
+and truncated JSON (the answer hit max_tokens) are repaired where that is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from teacher_labeling.conventions import Coords, to_pixels
+from toolkit.boxes import Box
+from toolkit.schema import AttributeSchema
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.DOTALL)
+_BOX_KEYS = ("bbox_2d", "bbox", "box", "xyxy", "box_2d")
+
+
+class AnswerParseError(ValueError):
+    """A teacher answer holds nothing usable; the message says what was wrong."""
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in an answer: fenced or bare, repaired if truncated."""
+    if text is None or not text.strip():
+        raise AnswerParseError("empty answer")
+    fenced = _FENCE.search(text)
+    candidate = fenced.group(1) if fenced else text
+    start = min((i for i in (candidate.find("{"), candidate.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        raise AnswerParseError(f"no JSON object or list in the answer: {text[:80]!r}")
+    candidate = candidate[start:].strip()
+    try:
+        return json.loads(candidate)
+    except json.JSONDecodeError:
+        pass
+    from json_repair import repair_json
+
+    repaired = repair_json(candidate, return_objects=True)
+    if repaired in ("", None, [], {}) and candidate not in ("[]", "{}"):
+        raise AnswerParseError(f"answer is not JSON and could not be repaired: {text[:80]!r}")
+    return repaired
+
+
+def parse_attributes(text: str, schema: AttributeSchema) -> tuple[dict[str, Any], list[str]]:
+    """Schema-shaped attributes from an answer, and notes on what was dropped."""
+    value = extract_json(text)
+    if not isinstance(value, dict):
+        raise AnswerParseError(
+            f"expected a JSON object of attribute groups, got {type(value).__name__}"
+        )
+    return schema.clean(value)
+
+
+def parse_boxes(
+    text: str,
+    image: int,
+    coords: Coords,
+    sent_wh: tuple[int, int],
+    original_wh: tuple[int, int],
+) -> tuple[list[Box], list[str]]:
+    """Boxes in oriented-original pixels from an answer, and notes on entries dropped."""
+    value = extract_json(text)
+    if isinstance(value, dict):
+        value = next((v for v in value.values() if isinstance(v, list)), [value])
+    if not isinstance(value, list):
+        raise AnswerParseError(f"expected a JSON list of boxes, got {type(value).__name__}")
+    boxes: list[Box] = []
+    notes: list[str] = []
+    for entry in value:
+        coords_list = _box_coordinates(entry)
+        if coords_list is None:
+            notes.append(f"entry without 4 numeric coordinates dropped: {str(entry)[:60]}")
+            continue
+        x1, y1, x2, y2 = to_pixels(coords_list, coords, sent_wh, original_wh)
+        label = entry.get("label", "") if isinstance(entry, dict) else ""
+        score = entry.get("score") if isinstance(entry, dict) else None
+        boxes.append(
+            Box(
+                image=image,
+                x1=min(x1, x2),
+                y1=min(y1, y2),
+                x2=max(x1, x2),
+                y2=max(y1, y2),
+                label=str(label or ""),
+                score=float(score) if isinstance(score, int | float) else None,
+            )
+        )
+    return boxes, notes
+
+
+def _box_coordinates(entry: Any) -> tuple[float, float, float, float] | None:
+    raw = entry
+    if isinstance(entry, dict):
+        raw = next((entry[k] for k in _BOX_KEYS if k in entry), None)
+    if not isinstance(raw, list | tuple) or len(raw) != 4:
+        return None
+    try:
+        values = tuple(float(v) for v in raw)
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return values  # type: ignore[return-value]

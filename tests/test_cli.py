@@ -1,0 +1,105 @@
+"""The command line: every DESIGN command is there, errors are one paragraph, no traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CROPTUNE = str(Path(sys.executable).parent / "croptune")
+
+# DESIGN's CLI, as (words, is it built in this version).
+COMMANDS = [
+    (["demo"], True),
+    (["catalog", "validate"], True),
+    (["label"], True),
+    (["crop"], True),
+    (["relabel"], False),
+    (["labels", "export"], False),
+    (["report"], False),
+    (["dataset", "build"], True),
+    (["train"], True),
+    (["evaluate"], True),
+    (["export"], True),
+    (["detector", "train"], False),
+    (["predict"], False),
+]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CROPTUNE, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_help_lists_every_command():
+    result = run("--help")
+    assert result.returncode == 0
+    for words, _ in COMMANDS:
+        assert re.search(rf"^\s+{words[0]}\s", result.stdout, re.MULTILINE), words
+
+
+@pytest.mark.parametrize("words", [w for w, _ in COMMANDS], ids=" ".join)
+def test_every_command_has_help(words):
+    result = run(*words, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+NOT_BUILT_ARGS = {
+    "relabel": ["--run", "r", "--config", "c.yaml"],
+    "labels export": ["--run", "r", "--out", "o"],
+    "report": ["--run", "r"],
+    "detector train": ["--run", "r", "--out", "o"],
+    "predict": ["cat.jsonl", "--bundle", "b", "--out", "o"],
+}
+
+
+@pytest.mark.parametrize("words", [w for w, built in COMMANDS if not built], ids=" ".join)
+def test_unbuilt_commands_say_so_and_exit_2(words):
+    result = run(*words, *NOT_BUILT_ARGS[" ".join(words)])
+    assert result.returncode == 2
+    assert "not built yet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # a run folder that does not exist
+        pytest.param(["crop", "--run", "no-such-run"], "not a croptune run", id="crop-missing-run"),
+        # a label config that does not exist
+        pytest.param(
+            ["label", "cat.jsonl", "--config", "missing.yaml", "--run", "r"],
+            "does not exist",
+            id="label-missing-config",
+        ),
+        # a crop override with a bad value is named
+        pytest.param(["crop", "--run", "r", "margin=lots"], "margin", id="crop-bad-override"),
+        # a train override naming an unknown key
+        pytest.param(["train", "no_such_key=1"], "no_such_key", id="train-unknown-key"),
+    ],
+)
+def test_user_errors_are_one_paragraph_without_traceback(tmp_path, args, message):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("croptune: ")
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = run("--verbose", "crop", "--run", "no-such-run", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+
+
+def test_help_is_fast_because_heavy_libraries_load_lazily():
+    code = (
+        "import sys, toolkit.cli, teacher_labeling.teachers, finetune.train, finetune.export;"
+        "heavy = {'torch', 'transformers', 'trl', 'peft', 'ultralytics', 'datasets'} & set(sys.modules);"
+        "print(sorted(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

@@ -1,0 +1,85 @@
+"""Every shipped YAML loads into its typed config (torchtune's rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finetune.students import list_presets, load_preset
+from finetune.train import LANGUAGE_MODEL_LORA_TARGET, VLLM_LORA_RANKS, load_train_config
+from teacher_labeling.teachers import load_label_config
+from toolkit.config import load_stage_config
+from toolkit.crops import CropConfig
+from toolkit.errors import CroptuneError
+from toolkit.schema import load_schema
+
+CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.yaml"))
+
+
+def test_examples_ship_configs():
+    names = {p.name for p in CONFIGS}
+    assert {"label.yaml", "label-reference.yaml", "crop.yaml", "train-tiny.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_loads(path):
+    if path.name.startswith("label"):
+        config = load_label_config(path)
+        assert config.teachers
+        for teacher in config.teachers:
+            assert teacher.api_key_env is None or teacher.api_key_env.isupper()
+        load_schema(config.schema_)
+    elif path.name.startswith("crop"):
+        load_stage_config(CropConfig, path, [])
+    elif path.name.startswith("train"):
+        config = load_train_config(path, [])
+        assert config.lora_r in VLLM_LORA_RANKS
+        assert config.lora_target == LANGUAGE_MODEL_LORA_TARGET  # vLLM-servable default
+        load_preset(config.student)
+    else:
+        pytest.fail(f"no loader for shipped config {path.name}")
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_presets_load(name):
+    assert load_preset(name).name == name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        # a number
+        pytest.param(["margin=0.25"], lambda c: c.margin == 0.25, id="float"),
+        # a list value in YAML syntax
+        pytest.param(["fill=[0, 0, 0]"], lambda c: c.fill == (0, 0, 0), id="list"),
+        # later overrides win
+        pytest.param(["min_side=10", "min_side=20"], lambda c: c.min_side == 20, id="last-wins"),
+    ],
+)
+def test_stage_config_overrides(tmp_path, overrides, check):
+    path = tmp_path / "crop.yaml"
+    path.write_text("margin: 0.1\nmin_side: 32\n")
+    assert check(load_stage_config(CropConfig, path, overrides))
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        # unknown key: named, not silently ignored
+        pytest.param("", ["margn=0.2"], "margn", id="unknown-key"),
+        # wrong type: the field is named
+        pytest.param("", ["min_side=big"], "min_side", id="bad-type"),
+        # not key=value
+        pytest.param("", ["margin"], "key=value", id="not-key-value"),
+        # YAML that is a list, not a mapping
+        pytest.param("- a\n- b\n", [], "mapping", id="not-a-mapping"),
+        # broken YAML
+        pytest.param("margin: [0.1\n", [], "not valid YAML", id="broken-yaml"),
+    ],
+)
+def test_stage_config_errors_name_the_problem(tmp_path, text, overrides, message):
+    path = tmp_path / "crop.yaml"
+    path.write_text(text)
+    with pytest.raises(CroptuneError, match=message):
+        load_stage_config(CropConfig, path, overrides)

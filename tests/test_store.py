@@ -1,0 +1,114 @@
+"""The run store: committed work survives a killed writer; newer stores are refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from toolkit.boxes import Box
+from toolkit.errors import CroptuneError
+from toolkit.store import SCHEMA_VERSION, RunStore
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from toolkit.boxes import Box
+    from toolkit.store import RunStore
+
+    store = RunStore(sys.argv[1])
+    n = 0
+    while True:
+        store.record_answer(
+            f"key-{n}", "teacher", "model", f"item-{n}", 0, f"answer {n}", {"tokens": n},
+            labels={"identifiers": {"gtin": str(n)}},
+            boxes=[Box(0, n, n, n + 10, n + 10, "barcode")],
+        )
+        print(n, flush=True)  # reported only after the commit returned
+        n += 1
+    """
+)
+
+
+def test_killed_writer_loses_no_committed_unit(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    committed = -1
+    deadline = time.monotonic() + 60
+    while committed < 200 and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        committed = int(line)
+    process.send_signal(signal.SIGKILL)  # mid-write: no chance to clean up
+    process.wait()
+    assert committed >= 200, "the writer did not get going"
+
+    with RunStore(tmp_path) as store:
+        for n in range(committed + 1):
+            assert store.cached_response(f"key-{n}") == {
+                "text": f"answer {n}",
+                "usage": {"tokens": n},
+            }
+            assert store.final_attributes(f"item-{n}") == {"identifiers": {"gtin": str(n)}}
+            assert [b.xyxy for _, b in store.boxes(f"item-{n}")] == [(n, n, n + 10, n + 10)]
+        assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_answer_and_its_labels_are_one_transaction(tmp_path):
+    with RunStore(tmp_path) as store:
+        bad_box = Box(0, 1, 1, 2, 2)
+        object.__setattr__(bad_box, "x1", object())  # not storable: the insert fails midway
+        with pytest.raises(sqlite3.Error):
+            store.record_answer(
+                "k", "t", "m", "item", 0, "text", {}, labels={"a": {}}, boxes=[bad_box]
+            )
+        assert store.cached_response("k") is None  # nothing half-written
+        assert store.final_attributes("item") is None
+
+
+def test_store_is_wal_and_records_schema_version(tmp_path):
+    with RunStore(tmp_path) as store:
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+
+
+def test_newer_store_is_refused_with_a_clear_message(tmp_path):
+    RunStore(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "run.sqlite")
+    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(CroptuneError, match="newer croptune"):
+        RunStore(tmp_path)
+
+
+def test_missing_run_is_a_user_error(tmp_path):
+    with pytest.raises(CroptuneError, match="not a croptune run"):
+        RunStore(tmp_path / "nope", create=False)
+
+
+def test_not_a_database_is_a_user_error(tmp_path):
+    (tmp_path / "run.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CroptuneError, match="not a readable croptune store"):
+        RunStore(tmp_path)
+
+
+def test_failed_request_is_asked_again_and_newest_generation_wins(tmp_path):
+    with RunStore(tmp_path) as store:
+        store.record_failure("k", "t", "m", "item", None, "HTTP 500")
+        assert store.cached_response("k") is None
+        store.record_answer("k", "t", "m", "item", None, "{}", {}, labels={"g": {"f": "0"}})
+        store.record_answer(
+            "k2", "t", "m", "item", None, "{}", {}, labels={"g": {"f": "1"}}, generation=1
+        )
+        assert store.final_attributes("item") == {"g": {"f": "1"}}
+        assert store.request_counts() == {"ok": 2}

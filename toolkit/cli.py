@@ -1,0 +1,392 @@
+"""The `croptune` command line: one entry point, one sub-command per stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+
+from toolkit.errors import CroptuneError
+
+app = typer.Typer(
+    name="croptune",
+    help="Label a product catalog with teacher VLMs, crop what they box, fine-tune a small "
+    "Gemma 3 student with LoRA, and export it for vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+catalog_app = typer.Typer(help="Check a catalog before labeling it.", no_args_is_help=True)
+labels_app = typer.Typer(help="Export a run's labels, boxes and crops.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Build training datasets from a run.", no_args_is_help=True)
+detector_app = typer.Typer(
+    help="The region-proposal detector used at inference.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(labels_app, name="labels")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(detector_app, name="detector")
+
+logger = logging.getLogger("croptune")
+
+
+class _State:
+    verbose = False
+    progress = True
+
+
+class NotBuiltYet(CroptuneError):
+    """A command of the design that this version does not implement."""
+
+
+def _not_built(command: str, issue: str) -> None:
+    raise NotBuiltYet(f"`croptune {command}` is not built yet in croptune {_version()} ({issue}).")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("croptune")
+    except PackageNotFoundError:
+        return "(source)"
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily to keep --help fast
+    from rich.console import Console
+
+    return Console()
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    _console().print(table)
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and full tracebacks."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Progress bars on long work (on stderr)."
+    ),
+) -> None:
+    _State.verbose = verbose
+    _State.progress = progress and sys.stderr.isatty()
+    if not _State.progress:
+        # Read by huggingface_hub/transformers and datasets when they are (lazily) imported.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+    )
+    for package in ("toolkit", "teacher_labeling", "finetune"):
+        logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(
+        Path("croptune-demo"), "--workdir", help="Folder for the catalog, run, dataset, adapter."
+    ),
+    items: int = typer.Option(30, "--items", min=4, help="Items in the synthetic catalog."),
+    steps: int = typer.Option(60, "--steps", min=1, help="LoRA training steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the catalog, split and training."),
+) -> None:
+    """Run the whole pipeline offline on the bundled example catalog."""
+    from toolkit.pipeline import run_demo
+
+    summary = run_demo(workdir, n_items=items, max_steps=steps, seed=seed, progress=_State.progress)
+    _table(f"croptune demo ({workdir})", summary.rows())
+
+
+@catalog_app.command("validate")
+def catalog_validate(
+    catalog: Path = typer.Argument(..., help="JSONL, CSV, Parquet or a save_to_disk folder."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept image paths that leave the catalog folder."
+    ),
+) -> None:
+    """Report every problem of a catalog (exit 1 if any)."""
+    from toolkit.catalog import inspect_item, load_catalog
+    from toolkit.progress import track
+
+    loaded = load_catalog(catalog, allow_outside=allow_outside_paths)
+    problems = list(loaded.problems)
+    images = 0
+    for item in track(loaded.items, "validate", _State.progress):
+        inspected = inspect_item(loaded, item)
+        problems += inspected.problems
+        images += len(inspected.images)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) in {catalog}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{catalog}: {len(loaded.items)} items, {images} images, no problems")
+
+
+@app.command()
+def label(
+    catalog: Path = typer.Argument(..., help="The catalog to label."),
+    config: Path = typer.Option(..., "--config", help="Label config YAML (teachers, schema)."),
+    run: Path = typer.Option(..., "--run", help="Run folder (created if missing)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Count what would be asked; send nothing."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+) -> None:
+    """Ingest a catalog and label it with teacher models (resumable)."""
+    from teacher_labeling.teachers import load_label_config
+    from toolkit.pipeline import run_label
+
+    ingest, result = run_label(
+        catalog, load_label_config(config), run, limit, dry_run, _State.progress
+    )
+    for problem in ingest.problems:
+        typer.echo(str(problem), err=True)
+    rows = [
+        ("items ingested", f"{ingest.stored} new/changed, {ingest.unchanged} unchanged"),
+        ("items dropped", str(ingest.dropped)),
+    ]
+    if dry_run:
+        rows += [(f"requests to send: {k}", str(v)) for k, v in result.per_teacher.items()]
+        rows.append(("requests already answered", str(result.cached)))
+        _table(f"croptune label --dry-run ({run})", rows)
+        return
+    rows += [
+        ("requests sent", str(result.asked)),
+        ("answered from the store (cache)", str(result.cached)),
+        ("failed (asked again on the next run)", str(result.failed)),
+        ("labels stored", str(result.labels)),
+        ("boxes stored", str(result.boxes)),
+    ]
+    _table(f"croptune label ({run})", rows)
+
+
+@app.command()
+def crop(
+    run: Path = typer.Option(..., "--run", help="A labeled run folder."),
+    config: Path | None = typer.Option(None, "--config", help="Crop config YAML."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the crop config."),
+) -> None:
+    """Cut the smallest enclosing square of each image's boxes."""
+    from toolkit.config import load_stage_config
+    from toolkit.crops import CropConfig
+    from toolkit.pipeline import distribution, run_crop
+
+    crop_config = load_stage_config(CropConfig, config, overrides or [])
+    summary = run_crop(run, crop_config, _State.progress)
+    for error in summary.errors:
+        typer.echo(error, err=True)
+
+    def dist(values: list[int]) -> str:
+        d = distribution(values)
+        return f"median {d['median']}, p90 {d['p90']}, max {d['max']}"
+
+    _table(
+        f"croptune crop ({run})",
+        [
+            ("items", str(summary.items)),
+            ("crops made (already there)", f"{summary.made} ({summary.existing})"),
+            ("images per item, one crop per box", dist(summary.images_per_box_crop)),
+            ("images per item, after", dist(summary.images_after)),
+            ("boxes not covered by a kept crop", str(summary.uncovered)),
+        ],
+    )
+
+
+@app.command()
+def relabel(
+    run: Path = typer.Option(..., "--run", help="A labeled and cropped run folder."),
+    config: Path = typer.Option(..., "--config", help="Label config YAML."),
+) -> None:
+    """Better labels: ask the attributes teacher again with originals + crops."""
+    _not_built("relabel", "planned with the real teachers")
+
+
+@labels_app.command("export")
+def labels_export(
+    run: Path = typer.Option(..., "--run", help="A labeled run folder."),
+    format: str = typer.Option("jsonl", "--format", help="jsonl | coco | yolo"),
+    out: Path = typer.Option(..., "--out", help="Output file or folder."),
+) -> None:
+    """Write labels, boxes and crops as JSONL, or boxes as a COCO/YOLO dataset."""
+    _not_built("labels export", "planned with the real teachers")
+
+
+@app.command()
+def report(
+    run: Path = typer.Option(..., "--run", help="A labeled run folder."),
+    out: Path | None = typer.Option(None, "--out", help="Default: RUN/report.html"),
+) -> None:
+    """Write a self-contained HTML page to review boxes, crops and labels."""
+    _not_built("report", "planned with the review page")
+
+
+@dataset_app.command("build")
+def dataset_build(
+    run: Path = typer.Option(..., "--run", help="A labeled (and cropped) run folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the DatasetDict (save_to_disk)."),
+    strategy: str = typer.Option(
+        "originals+crops", "--strategy", help="originals | crops | originals+crops"
+    ),
+    config: Path | None = typer.Option(None, "--config", help="Dataset config YAML."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the dataset config."),
+) -> None:
+    """Build a train/validation/test DatasetDict of multi-image examples."""
+    from toolkit.config import load_stage_config
+    from toolkit.dataset import DatasetConfig
+    from toolkit.pipeline import run_dataset
+
+    dataset_config = load_stage_config(
+        DatasetConfig, config, [f"strategy={strategy}", *(overrides or [])]
+    )
+    summary = run_dataset(run, out, dataset_config, _State.progress)
+    stats = summary.stats()
+    rows = [(f"{k} examples", str(v)) for k, v in summary.examples.items()]
+    rows += [(f"left out: {k}", str(v)) for k, v in summary.left_out.items()]
+    rows += [
+        ("images per example", str(stats["images_per_example"])),
+        ("image tokens per example", str(stats["image_tokens_per_example"])),
+    ]
+    _table(f"croptune dataset build ({out})", rows)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", help="Train config YAML."),
+) -> None:
+    """LoRA-fine-tune a student with TRL (extra key=value arguments override the config)."""
+    from finetune.train import load_train_config, save_train_config
+    from finetune.train import train as run_training
+
+    train_config = load_train_config(config, list(ctx.args))
+    output_dir = Path(train_config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_train_config(train_config, output_dir / "train_config.yaml")
+    result = run_training(train_config, progress=_State.progress)
+    _table(
+        "croptune train",
+        [
+            ("steps", str(result.steps)),
+            ("train loss first -> last", f"{result.first_loss} -> {result.last_loss}"),
+            ("validation loss", "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"),
+            ("seconds", f"{result.seconds:.1f}"),
+            ("adapter", str(result.adapter_dir)),
+        ],
+    )
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(..., "--model", help="An adapter folder, a bundle, or a base model."),
+    dataset: Path = typer.Option(..., "--dataset", help="Dataset folder from `dataset build`."),
+    split: str = typer.Option("test", "--split", help="Split to score."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for metrics (default: beside model)."
+    ),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Answer length limit."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
+) -> None:
+    """Field-level precision/recall/F1 of a student on a dataset split."""
+    from finetune.evaluate import evaluate_model, write_evaluation
+
+    base, adapter = _resolve_model(model)
+    result = evaluate_model(base, dataset, split, adapter, max_new_tokens, limit=limit)
+    target = out or (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
+    write_evaluation([result], target)
+    d = result.as_dict()
+    _table(
+        f"croptune evaluate ({result.model}, {split})",
+        [
+            ("examples", str(d["examples"])),
+            ("JSON valid", f"{d['json_valid_rate']:.2f}"),
+            ("precision / recall / F1", "{precision} / {recall} / {f1}".format(**d["micro"])),
+            ("seconds per example", str(d["seconds_per_example"])),
+            ("written to", str(target)),
+        ],
+    )
+
+
+def _resolve_model(model: str) -> tuple[str, Path | None]:
+    """(base model, adapter folder or None) for an adapter folder, a bundle or a base model."""
+    import yaml
+
+    path = Path(model)
+    if (path / "croptune.yaml").is_file():
+        manifest = yaml.safe_load((path / "croptune.yaml").read_text())
+        return manifest["base_model"], path / "adapter"
+    if (path / "adapter_config.json").is_file():
+        from finetune.export import base_model_of
+
+        return base_model_of(path), path
+    return model, None
+
+
+@app.command()
+def export(
+    adapter: Path = typer.Option(..., "--adapter", help="Adapter folder written by `train`."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
+    merge: bool = typer.Option(False, "--merge", help="Also write the merged model."),
+) -> None:
+    """Write the serving bundle: adapter, croptune.yaml, model card."""
+    import json
+
+    from finetune.export import export_bundle
+
+    metrics_file = adapter / "eval" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())[0] if metrics_file.is_file() else None
+    bundle = export_bundle(adapter, out, merge=merge, metrics=metrics)
+    typer.echo(f"bundle written to {bundle}")
+
+
+@detector_app.command("train")
+def detector_train(
+    run: Path = typer.Option(..., "--run", help="A labeled run folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the detector."),
+) -> None:
+    """Distil the teachers' boxes into a small ultralytics detector."""
+    _not_built("detector train", "planned with crops at inference")
+
+
+@app.command()
+def predict(
+    catalog: Path = typer.Argument(..., help="The catalog to predict."),
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle folder from `export`."),
+    out: Path = typer.Option(..., "--out", help="Predictions JSONL."),
+) -> None:
+    """Boxes -> the training-time crops -> student -> one JSON per item."""
+    _not_built("predict", "planned with crops at inference")
+
+
+def main() -> None:
+    """Entry point of the `croptune` console script."""
+    try:
+        app()
+    except NotBuiltYet as exc:
+        typer.echo(f"croptune: {exc}", err=True)
+        sys.exit(2)
+    except CroptuneError as exc:
+        if _State.verbose:
+            traceback.print_exc()
+        typer.echo(f"croptune: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo(
+            "croptune: interrupted; finished work is saved, run the command again to resume",
+            err=True,
+        )
+        sys.exit(130)

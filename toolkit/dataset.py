@@ -1,0 +1,308 @@
+"""The dataset builder: labeled items -> a `datasets` DatasetDict of multi-image examples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from toolkit.crops import budgeted_order
+from toolkit.errors import CroptuneError
+from toolkit.images import ImageLoadError, load_image
+from toolkit.schema import AttributeSchema, extraction_prompt, listing_text
+from toolkit.store import CropRow, RunStore
+
+logger = logging.getLogger(__name__)
+
+Strategy = Literal["originals", "crops", "originals+crops"]
+SPLITS = ("train", "validation", "test")
+
+
+class DatasetConfig(BaseModel):
+    """How labeled items become training examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Strategy = Field(
+        "originals+crops",
+        description="originals: the photos only; crops: the crops only (an item without crops "
+        "keeps its first photo); originals+crops: both, as in the paper's best student",
+    )
+    validation_ratio: float = Field(0.1, ge=0, lt=1, description="Share of items for validation")
+    test_ratio: float = Field(0.2, ge=0, lt=1, description="Share of items held out for testing")
+    seed: int = Field(0, description="Seed of the item-id hash that assigns splits")
+    max_images_per_item: int = Field(
+        9, ge=1, description="Image budget per example (the paper's maximum is 9)"
+    )
+    max_image_side: int = Field(
+        1024,
+        ge=64,
+        description="Originals are downscaled to this longer side when stored (Gemma 3 sees "
+        "896x896 anyway); crops are kept as cut",
+    )
+    image_tokens: int = Field(
+        256, ge=1, description="Image tokens per image of the student, for the stats (Gemma 3: 256)"
+    )
+
+
+@dataclass
+class DatasetSummary:
+    """Examples per split, items left out and why, and image statistics."""
+
+    examples: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, int] = field(default_factory=dict)
+    images_per_example: list[int] = field(default_factory=list)
+    image_tokens: int = 256
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-ready statistics (saved next to the dataset)."""
+        counts = self.images_per_example or [0]
+        return {
+            "examples": self.examples,
+            "left_out": self.left_out,
+            "images_per_example": {
+                "median": statistics.median(counts),
+                "mean": round(statistics.fmean(counts), 2),
+                "max": max(counts),
+            },
+            "image_tokens_per_example": {
+                "median": statistics.median(counts) * self.image_tokens,
+                "max": max(counts) * self.image_tokens,
+            },
+        }
+
+
+def example_row(images: list[Any], prompt_text: str, answer_text: str) -> dict[str, Any]:
+    """One dataset row in the prompt/completion shape TRL's vision collator trains on.
+
+    Image parts carry ``"text": None`` so every content part has the same keys: that is
+    the shape Arrow gives them anyway (a struct column holds the union of keys), so rows
+    built here and rows read back from disk compare equal. Texts are stripped because the
+    Gemma 3 chat template trims them: the stored answer is then exactly the trained target.
+    """
+    image_parts = [{"type": "image", "text": None} for _ in images]
+    text_part = {"type": "text", "text": prompt_text.strip()}
+    return {
+        "images": list(images),
+        "prompt": [{"role": "user", "content": [*image_parts, text_part]}],
+        "completion": [
+            {"role": "assistant", "content": [{"type": "text", "text": answer_text.strip()}]}
+        ],
+    }
+
+
+def dataset_features() -> Any:
+    """The `datasets.Features` of a croptune dataset (item_id, category, example_row columns)."""
+    from datasets import Features, Image, Sequence, Value
+
+    # Plain [...] is a list of structs in every datasets version (Sequence({...}) once meant
+    # a struct of lists); Sequence(Image()) is the images column either way.
+    message = {
+        "role": Value("string"),
+        "content": [{"type": Value("string"), "text": Value("string")}],
+    }
+    return Features(
+        {
+            "item_id": Value("string"),
+            "category": Value("string"),
+            "images": Sequence(Image()),
+            "prompt": [message],
+            "completion": [message],
+        }
+    )
+
+
+def answer_text(attributes: dict[str, Any]) -> str:
+    """The target answer: compact JSON (fewer tokens to learn and to generate)."""
+    return json.dumps(attributes, ensure_ascii=False, separators=(",", ":"))
+
+
+def assign_splits(
+    items: dict[str, dict[str, Any]],
+    validation_ratio: float,
+    test_ratio: float,
+    seed: int = 0,
+) -> dict[str, str]:
+    """item_id -> split: deterministic by id, stratified by category, no image in two splits.
+
+    `items` maps item_id to {"category": str | None, "hashes": set of image hashes}.
+    Items sharing any image hash are grouped and always land in the same split.
+    """
+    parent = {item_id: item_id for item_id in items}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[str, str] = {}
+    for item_id in sorted(items):
+        for image_hash in items[item_id]["hashes"]:
+            if image_hash in owner:
+                parent[find(item_id)] = find(owner[image_hash])
+            else:
+                owner[image_hash] = item_id
+    groups: dict[str, list[str]] = {}
+    for item_id in sorted(items):
+        groups.setdefault(find(item_id), []).append(item_id)
+    by_category: dict[str, list[list[str]]] = {}
+    for members in groups.values():
+        category = items[members[0]].get("category") or ""
+        by_category.setdefault(category, []).append(members)
+    for category in by_category:
+        by_category[category].sort(key=lambda g: _rank(seed, g[0]))
+    # Stratify by dealing the categories' groups out in turn: every prefix of this order
+    # holds each category in proportion, so a small catalog still gets a test split.
+    dealt = [
+        queue[k]
+        for k in range(max(len(q) for q in by_category.values()))
+        for _, queue in sorted(by_category.items())
+        if k < len(queue)
+    ]
+    total = len(items)
+    n_test = _held_out(total, test_ratio)
+    n_val = _held_out(total - n_test, validation_ratio / max(1e-9, 1 - test_ratio))
+    splits: dict[str, str] = {}
+    taken = {"test": 0, "validation": 0}
+    for members in dealt:
+        if taken["test"] < n_test:
+            split = "test"
+        elif taken["validation"] < n_val:
+            split = "validation"
+        else:
+            split = "train"
+        if split != "train":
+            taken[split] += len(members)
+        for item_id in members:
+            splits[item_id] = split
+    return splits
+
+
+def _held_out(total: int, ratio: float) -> int:
+    """Items to hold out: the ratio rounded, at least one when asked for and possible."""
+    if ratio <= 0 or total < 3:
+        return 0
+    return max(1, round(total * ratio))
+
+
+def _rank(seed: int, item_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()
+
+
+def build_dataset(
+    store: RunStore,
+    out_dir: Path,
+    schema: AttributeSchema,
+    config: DatasetConfig,
+    crop_config_hash: str | None = None,
+    progress: bool = False,
+) -> DatasetSummary:
+    """Write a DatasetDict (train/validation/test) of the run's labeled items to out_dir."""
+    from datasets import Dataset, DatasetDict
+
+    from toolkit.progress import track
+
+    if not progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+    summary = DatasetSummary(image_tokens=config.image_tokens)
+    crop_config_hash = crop_config_hash or store.get_meta("crop_config_hash")
+    candidates = {}
+    for item in store.items():
+        attributes = store.final_attributes(item.item_id)
+        if not attributes:
+            summary.left_out["no final attributes"] = (
+                summary.left_out.get("no final attributes", 0) + 1
+            )
+            continue
+        hashes = {r.sha256 for r in store.images(item.item_id) if r.usable}
+        candidates[item.item_id] = {"item": item, "attributes": attributes, "hashes": hashes,
+                                    "category": item.category}  # fmt: skip
+    if not candidates:
+        raise CroptuneError("no item of this run has final attributes; run `croptune label` first")
+    splits = assign_splits(candidates, config.validation_ratio, config.test_ratio, config.seed)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for item_id in track(list(candidates), "dataset", progress):
+        entry = candidates[item_id]
+        try:
+            images = _example_images(store, item_id, config, crop_config_hash)
+        except ImageLoadError as exc:
+            summary.left_out["image unreadable"] = summary.left_out.get("image unreadable", 0) + 1
+            store.log_event("dataset", str(exc), item_id=item_id)
+            continue
+        item = entry["item"]
+        prompt = extraction_prompt(schema, listing_text(item.title, item.text))
+        row = example_row(images, prompt, answer_text(entry["attributes"]))
+        row.update(item_id=item_id, category=item.category or "")
+        rows[splits[item_id]].append(row)
+        summary.images_per_example.append(len(images))
+    features = dataset_features()
+    # Column-wise, so that an empty split still gets its columns.
+    dataset = DatasetDict(
+        {
+            name: Dataset.from_dict(
+                {key: [row[key] for row in rows[name]] for key in features}, features=features
+            )
+            for name in SPLITS
+            if rows[name]  # datasets cannot reload an empty saved split
+        }
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset.save_to_disk(str(out_dir))
+    summary.examples = {name: len(rows[name]) for name in SPLITS}
+    crop_config = store.get_meta("crop_config")
+    facts = {
+        "config": config.model_dump(mode="json"),
+        "schema": schema.model_dump(mode="json"),
+        "crop_config": json.loads(crop_config) if crop_config else None,
+        "stats": summary.stats(),
+    }
+    (out_dir / "croptune_dataset.json").write_text(json.dumps(facts, indent=2))
+    return summary
+
+
+def _example_images(
+    store: RunStore, item_id: str, config: DatasetConfig, crop_config_hash: str | None
+) -> list[Image.Image]:
+    """The item's images for the strategy, under the budget: originals first, then crops."""
+    rows = [r for r in store.images(item_id) if r.usable]
+    crops = _latest_crops(store.crops(item_id), crop_config_hash)
+    use_originals = config.strategy in ("originals", "originals+crops")
+    use_crops = config.strategy in ("crops", "originals+crops")
+    original_ids = [r.index for r in rows] if use_originals else []
+    crop_ids = list(range(len(crops))) if use_crops else []
+    if config.strategy == "crops" and not crops:
+        original_ids = [rows[0].index]  # an item without crops keeps its main photo
+    keep_originals, keep_crops = budgeted_order(original_ids, crop_ids, config.max_images_per_item)
+    by_index = {r.index: r for r in rows}
+    images = []
+    for index in keep_originals:
+        loaded = load_image(by_index[index].uri)
+        if loaded.sha256 != by_index[index].sha256:
+            raise ImageLoadError(f"image {index} changed since ingest")
+        images.append(_downscale(loaded.image, config.max_image_side))
+    for index in keep_crops:
+        images.append(load_image(str(store.run_dir / crops[index].path)).image)
+    return images
+
+
+def _latest_crops(crops: list[CropRow], config_hash: str | None) -> list[CropRow]:
+    """Crops of one crop config (none when no crop config was run)."""
+    return [c for c in crops if c.config_hash == config_hash]
+
+
+def _downscale(image: Image.Image, max_side: int) -> Image.Image:
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)

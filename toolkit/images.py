@@ -1,0 +1,148 @@
+"""Image loading and normalisation: decode once, orient, convert to RGB, hash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# 64 MP: a 9000x7000 product photo passes, a decompression bomb does not. Pillow's own
+# default (89 MP) only warns below twice its limit; croptune turns both into errors.
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_DOWNLOAD_BYTES = 50_000_000
+
+
+class ImageLoadError(Exception):
+    """An image that cannot be used: the message says why, in plain words."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An oriented RGB image with its content hash."""
+
+    image: Image.Image
+    sha256: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in oriented pixels."""
+        return self.image.size
+
+
+def is_url(uri: str) -> bool:
+    """Whether an image reference is an http(s) URL rather than a file path."""
+    return uri[:8].lower().startswith(("http://", "https://"))  # schemes are case-insensitive
+
+
+def read_image_bytes(uri: str, timeout_s: float = 30.0) -> bytes:
+    """The raw bytes of an image file or http(s) URL."""
+    if is_url(uri):
+        try:
+            with urllib.request.urlopen(uri, timeout=timeout_s) as response:  # noqa: S310
+                data = response.read(DEFAULT_MAX_DOWNLOAD_BYTES + 1)
+        except OSError as exc:
+            if isinstance(exc, urllib.error.HTTPError):
+                exc.close()  # an HTTP error response holds the connection open
+            raise ImageLoadError(f"download failed: {exc}") from exc
+        if len(data) > DEFAULT_MAX_DOWNLOAD_BYTES:
+            raise ImageLoadError(f"download larger than {DEFAULT_MAX_DOWNLOAD_BYTES} bytes")
+        return data
+    path = Path(uri)
+    if not path.exists():
+        raise ImageLoadError("file not found")
+    if not path.is_file():
+        raise ImageLoadError("not a file")
+    return path.read_bytes()
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Oriented RGB pixels from encoded image bytes; raises ImageLoadError with the reason."""
+    if not data:
+        raise ImageLoadError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"{width}x{height} is {width * height:,} pixels, over the limit of "
+                    f"{max_pixels:,} (raise images.max_pixels if it is a real photo)"
+                )
+            # Truncated files fail here (unless the user's process set Pillow's
+            # LOAD_TRUNCATED_IMAGES), rather than being padded with grey.
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"refused as a possible decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError("not an image or an unsupported format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"corrupt or truncated image: {exc}") from exc
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError("image has no pixels")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB copy: alpha composited on white, palettes expanded, 16-bit and float scaled."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _scale_to_8bit(image).convert("RGB")
+    if mode == "P":
+        has_alpha = "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # CMYK, YCbCr, LAB, HSV, L, 1: Pillow's conversions are correct for these.
+    return image.convert("RGB")
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """Map a 16/32-bit or float single-channel image onto 0..255 by its actual range."""
+    import numpy as np
+
+    array = np.asarray(image, dtype=np.float64)
+    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    if image.mode.startswith("I;16") and low >= 0 and high > 255:
+        # Keep absolute brightness for true 16-bit data (checked first: a uniform
+        # 16-bit white image must stay white, not fall into the no-range case).
+        scaled = array / 65535.0 * 255.0
+    elif high <= low:
+        scaled = np.zeros_like(array)
+    else:
+        scaled = (array - low) / (high - low) * 255.0
+    return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """SHA-256 of an RGB image's size and pixels: equal for equal pixels, whatever the file."""
+    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def load_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read, orient and normalise one image, with its pixel hash."""
+    image = decode_image(read_image_bytes(uri), max_pixels=max_pixels)
+    return LoadedImage(image=image, sha256=pixel_hash(image))
+
+
+def encode_jpeg(image: Image.Image, quality: int = 92) -> bytes:
+    """JPEG bytes of an RGB image (no EXIF: the pixels are already oriented)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

@@ -1,0 +1,144 @@
+"""Attribute schemas: the groups and fields a teacher labels and a student predicts."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from toolkit.errors import CroptuneError
+
+FieldType = Literal["string", "list"]
+
+ATTRIBUTES_INSTRUCTIONS = """You are given all photos of one product listing from an online marketplace.
+Extract the product information that is VISIBLE on the photos (printed on the product, its
+packaging or its labels) or stated in the listing text. Do not guess and do not invent values:
+leave a field out when it is not visible. Copy identifiers exactly as printed (barcode digits
+only). Answer with ONE JSON object with these groups and fields (all optional):
+{schema}"""
+
+
+class FieldSpec(BaseModel):
+    """One attribute field: its type and what it means."""
+
+    type: FieldType = Field("string", description="'string' for one value, 'list' for a set")
+    description: str = Field("", description="What the field holds; sent to teachers")
+
+
+class AttributeSchema(BaseModel):
+    """A named set of attribute groups, each a mapping of field name to spec."""
+
+    name: str
+    description: str = ""
+    groups: dict[str, dict[str, FieldSpec]]
+
+    def field_names(self) -> list[tuple[str, str]]:
+        """All (group, field) pairs in schema order."""
+        return [(g, f) for g, fields in self.groups.items() for f in fields]
+
+    def json_schema(self) -> dict[str, Any]:
+        """A strict JSON Schema of the answer object (every field optional, no extras)."""
+        props: dict[str, Any] = {}
+        for group, fields in self.groups.items():
+            gprops = {}
+            for name, spec in fields.items():
+                if spec.type == "list":
+                    gprops[name] = {"type": "array", "items": {"type": "string"}}
+                else:
+                    gprops[name] = {"type": "string"}
+                if spec.description:
+                    gprops[name]["description"] = spec.description
+            props[group] = {"type": "object", "properties": gprops, "additionalProperties": False}
+        return {"type": "object", "properties": props, "additionalProperties": False}
+
+    def clean(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Schema-shaped copy of an answer and a list of what was dropped or coerced."""
+        cleaned: dict[str, Any] = {}
+        notes: list[str] = []
+        if not isinstance(answer, dict):
+            return {}, [f"answer is a {type(answer).__name__}, not an object"]
+        for group, values in answer.items():
+            if group not in self.groups:
+                notes.append(f"unknown group {group!r} dropped")
+                continue
+            if not isinstance(values, dict):
+                notes.append(f"group {group!r} is not an object; dropped")
+                continue
+            out: dict[str, Any] = {}
+            for name, value in values.items():
+                spec = self.groups[group].get(name)
+                if spec is None:
+                    notes.append(f"unknown field {group}.{name} dropped")
+                    continue
+                value = _coerce(value, spec.type)
+                if value in (None, "", []):
+                    continue
+                out[name] = value
+            if out:
+                cleaned[group] = out
+        return cleaned, notes
+
+    def describe(self) -> str:
+        """The schema as compact JSON text, for prompts."""
+        return json.dumps(
+            {
+                g: {
+                    f: ("list of strings" if s.type == "list" else "string")
+                    for f, s in fields.items()
+                }
+                for g, fields in self.groups.items()
+            },
+            separators=(",", ":"),
+        )
+
+
+def _coerce(value: Any, kind: FieldType) -> Any:
+    if value is None:
+        return None
+    if kind == "list":
+        items = value if isinstance(value, list) else [value]
+        return [str(v).strip() for v in items if v is not None and str(v).strip()]
+    if isinstance(value, list):
+        return ", ".join(str(v).strip() for v in value if v is not None)
+    return str(value).strip()
+
+
+def load_schema(name_or_path: str | Path = "compliance") -> AttributeSchema:
+    """A built-in schema by name, or one read from a YAML/JSON file."""
+    path = Path(name_or_path)
+    if path.suffix.lower() in {".yaml", ".yml", ".json"}:
+        if not path.is_file():
+            raise CroptuneError(f"schema file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        origin = str(path)
+    else:
+        res = resources.files("toolkit") / "schemas" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise CroptuneError(
+                f"unknown built-in schema {name_or_path!r}; give 'compliance' or a path to a YAML/JSON file"
+            )
+        text = res.read_text(encoding="utf-8")
+        origin = f"built-in {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+        return AttributeSchema.model_validate(data)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise CroptuneError(f"schema {origin} is not valid: {exc}") from exc
+
+
+def listing_text(title: str | None, text: str | None) -> str | None:
+    """The listing's own words (title and description) as one block, or None."""
+    parts = [p.strip() for p in (title, text) if p and p.strip()]
+    return "\n".join(parts) or None
+
+
+def extraction_prompt(schema: AttributeSchema, listing: str | None = None) -> str:
+    """The attribute-extraction instruction shared by teachers and the student."""
+    prompt = ATTRIBUTES_INSTRUCTIONS.format(schema=schema.describe())
+    if listing:
+        prompt += f"\n\nListing text:\n{listing}"
+    return prompt

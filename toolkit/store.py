@@ -1,0 +1,456 @@
+"""The run store: one SQLite file per run, written as each unit of work finishes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.boxes import Box
+from toolkit.errors import CroptuneError
+
+# Bump when the tables change; add a migration step in _migrate for the old version.
+SCHEMA_VERSION = 1
+STORE_FILE = "run.sqlite"
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY, position INTEGER NOT NULL, title TEXT, category TEXT, text TEXT,
+    reference_attributes TEXT, reference_boxes TEXT, fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    item_id TEXT NOT NULL, idx INTEGER NOT NULL, uri TEXT NOT NULL, sha256 TEXT,
+    width INTEGER, height INTEGER, error TEXT,
+    PRIMARY KEY (item_id, idx));
+CREATE TABLE IF NOT EXISTS requests (
+    cache_key TEXT PRIMARY KEY, teacher TEXT NOT NULL, model TEXT NOT NULL, item_id TEXT NOT NULL,
+    image INTEGER, status TEXT NOT NULL, response TEXT, usage TEXT, error TEXT,
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, teacher TEXT NOT NULL,
+    generation INTEGER NOT NULL, attributes TEXT NOT NULL, cache_key TEXT, created_at REAL NOT NULL,
+    UNIQUE (item_id, teacher, generation));
+CREATE TABLE IF NOT EXISTS boxes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, image INTEGER NOT NULL,
+    x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+    label TEXT, source TEXT NOT NULL, score REAL, cache_key TEXT);
+CREATE INDEX IF NOT EXISTS boxes_item ON boxes (item_id, source);
+CREATE TABLE IF NOT EXISTS crops (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, image INTEGER NOT NULL,
+    x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
+    path TEXT NOT NULL, sha256 TEXT NOT NULL, strategy TEXT NOT NULL, config_hash TEXT NOT NULL,
+    box_ids TEXT NOT NULL, created_at REAL NOT NULL,
+    UNIQUE (item_id, image, config_hash));
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, stage TEXT NOT NULL,
+    level TEXT NOT NULL, item_id TEXT, teacher TEXT, image INTEGER, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_item ON events (item_id);
+"""
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """An item as ingested into the store."""
+
+    item_id: str
+    title: str | None
+    category: str | None
+    text: str | None
+    reference_attributes: dict[str, Any] | None
+    reference_boxes: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of an item: where it lives, its pixel hash and size, or why it is unusable."""
+
+    item_id: str
+    index: int
+    uri: str
+    sha256: str | None
+    width: int | None
+    height: int | None
+    error: str | None
+
+    @property
+    def usable(self) -> bool:
+        """Whether the image decoded at ingest."""
+        return self.error is None and self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class CropRow:
+    """A crop file and where its pixels came from."""
+
+    item_id: str
+    image: int
+    region: tuple[int, int, int, int]
+    path: str
+    sha256: str
+    strategy: str
+    config_hash: str
+    box_ids: list[int]
+
+
+class RunStore:
+    """The SQLite store of one run folder (WAL mode; every finished unit committed at once)."""
+
+    def __init__(self, run_dir: Path | str, create: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_FILE
+        if not self.path.exists() and not create:
+            raise CroptuneError(
+                f"{self.run_dir} is not a croptune run (no {STORE_FILE}); "
+                "create one with `croptune label CATALOG --run RUN`"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a committed transaction survives a killed process.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._check_version()
+            self._conn.executescript(_TABLES)
+        except sqlite3.DatabaseError as exc:
+            raise CroptuneError(f"{self.path} is not a readable croptune store: {exc}") from exc
+        self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _check_version(self) -> None:
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise CroptuneError(
+                f"{self.path} was written by a newer croptune (store schema v{row[0]}; this "
+                f"croptune reads up to v{SCHEMA_VERSION}). Upgrade croptune to open this run."
+            )
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction committed on success, rolled back on error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+
+    # meta
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one meta value."""
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        """One meta value, or None."""
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0]["value"] if rows else None
+
+    # items and images
+    def item_fingerprint(self, item_id: str) -> str | None:
+        """The fingerprint an item was ingested with, or None if it is new."""
+        rows = self._query("SELECT fingerprint FROM items WHERE item_id=?", (item_id,))
+        return rows[0]["fingerprint"] if rows else None
+
+    def put_item(
+        self,
+        item: ItemRow,
+        position: int,
+        fingerprint: str,
+        images: list[ImageRow],
+    ) -> None:
+        """Insert or replace an item and its images in one transaction."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item.item_id,
+                    position,
+                    item.title,
+                    item.category,
+                    item.text,
+                    _dumps(item.reference_attributes),
+                    _dumps(item.reference_boxes),
+                    fingerprint,
+                    time.time(),
+                ),
+            )
+            conn.execute("DELETE FROM images WHERE item_id=?", (item.item_id,))
+            conn.executemany(
+                "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(i.item_id, i.index, i.uri, i.sha256, i.width, i.height, i.error) for i in images],
+            )
+
+    def items(self, limit: int | None = None) -> list[ItemRow]:
+        """Items in catalog order."""
+        sql = "SELECT * FROM items ORDER BY position"
+        params: tuple[Any, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (limit,)
+        return [
+            ItemRow(
+                item_id=r["item_id"],
+                title=r["title"],
+                category=r["category"],
+                text=r["text"],
+                reference_attributes=_loads(r["reference_attributes"]),
+                reference_boxes=_loads(r["reference_boxes"]) or [],
+            )
+            for r in self._query(sql, params)
+        ]
+
+    def images(self, item_id: str) -> list[ImageRow]:
+        """An item's images in catalog order."""
+        return [
+            ImageRow(
+                item_id=r["item_id"],
+                index=r["idx"],
+                uri=r["uri"],
+                sha256=r["sha256"],
+                width=r["width"],
+                height=r["height"],
+                error=r["error"],
+            )
+            for r in self._query("SELECT * FROM images WHERE item_id=? ORDER BY idx", (item_id,))
+        ]
+
+    # teacher requests (the cache)
+    def cached_response(self, cache_key: str) -> dict[str, Any] | None:
+        """A finished teacher answer under this key, or None if it must be asked."""
+        rows = self._query(
+            "SELECT response, usage FROM requests WHERE cache_key=? AND status='ok'", (cache_key,)
+        )
+        if not rows:
+            return None
+        return {"text": rows[0]["response"], "usage": _loads(rows[0]["usage"]) or {}}
+
+    def record_answer(
+        self,
+        cache_key: str,
+        teacher: str,
+        model: str,
+        item_id: str,
+        image: int | None,
+        text: str,
+        usage: dict[str, Any],
+        labels: dict[str, Any] | None = None,
+        generation: int = 0,
+        boxes: list[Box] | None = None,
+    ) -> list[int]:
+        """Store a teacher answer with what was parsed from it, atomically; returns box ids."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, NULL, ?)",
+                (cache_key, teacher, model, item_id, image, text, _dumps(usage), now),
+            )
+            if labels is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO labels (item_id, teacher, generation, attributes, "
+                    "cache_key, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (item_id, teacher, generation, _dumps(labels), cache_key, now),
+                )
+            ids = []
+            if boxes is not None:
+                conn.execute(
+                    "DELETE FROM boxes WHERE item_id=? AND source=? AND (image=? OR ? IS NULL)",
+                    (item_id, teacher, image, image),
+                )
+                for b in boxes:
+                    cursor = conn.execute(
+                        "INSERT INTO boxes (item_id, image, x1, y1, x2, y2, label, source, score, "
+                        "cache_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            item_id,
+                            b.image,
+                            b.x1,
+                            b.y1,
+                            b.x2,
+                            b.y2,
+                            b.label,
+                            teacher,
+                            b.score,
+                            cache_key,
+                        ),
+                    )
+                    ids.append(int(cursor.lastrowid or 0))
+            return ids
+
+    def record_failure(
+        self,
+        cache_key: str,
+        teacher: str,
+        model: str,
+        item_id: str,
+        image: int | None,
+        error: str,
+        text: str | None = None,
+    ) -> None:
+        """Store a failed request so the next run asks it again (and the reason is kept)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, 'failed', ?, NULL, ?, ?)",
+                (cache_key, teacher, model, item_id, image, text, error, time.time()),
+            )
+
+    def request_counts(self) -> dict[str, int]:
+        """Number of requests per status."""
+        rows = self._query("SELECT status, COUNT(*) AS n FROM requests GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    # labels and boxes
+    def labels(self, item_id: str) -> dict[str, dict[str, Any]]:
+        """Each teacher's newest attributes for an item."""
+        rows = self._query(
+            "SELECT teacher, attributes FROM labels WHERE item_id=? ORDER BY generation, id",
+            (item_id,),
+        )
+        return {r["teacher"]: _loads(r["attributes"]) for r in rows}
+
+    def final_attributes(self, item_id: str) -> dict[str, Any] | None:
+        """The item's final attributes: the newest generation's label, or None."""
+        rows = self._query(
+            "SELECT attributes FROM labels WHERE item_id=? ORDER BY generation DESC, id DESC LIMIT 1",
+            (item_id,),
+        )
+        return _loads(rows[0]["attributes"]) if rows else None
+
+    def boxes(self, item_id: str) -> list[tuple[int, Box]]:
+        """An item's boxes with their ids, in image order."""
+        rows = self._query("SELECT * FROM boxes WHERE item_id=? ORDER BY image, id", (item_id,))
+        return [
+            (
+                r["id"],
+                Box(
+                    image=r["image"],
+                    x1=r["x1"],
+                    y1=r["y1"],
+                    x2=r["x2"],
+                    y2=r["y2"],
+                    label=r["label"] or "",
+                    source=r["source"],
+                    score=r["score"],
+                ),
+            )
+            for r in rows
+        ]
+
+    # crops
+    def add_crop(self, crop: CropRow) -> None:
+        """Record a crop file (ignored if this image already has a crop under this config)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO crops (item_id, image, x1, y1, x2, y2, path, sha256, "
+                "strategy, config_hash, box_ids, created_at) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    crop.item_id,
+                    crop.image,
+                    *crop.region,
+                    crop.path,
+                    crop.sha256,
+                    crop.strategy,
+                    crop.config_hash,
+                    json.dumps(crop.box_ids),
+                    time.time(),
+                ),
+            )
+
+    def crops(self, item_id: str, config_hash: str | None = None) -> list[CropRow]:
+        """An item's crops, all or for one crop config."""
+        sql = "SELECT * FROM crops WHERE item_id=?"
+        params: tuple[Any, ...] = (item_id,)
+        if config_hash is not None:
+            sql += " AND config_hash=?"
+            params += (config_hash,)
+        return [
+            CropRow(
+                item_id=r["item_id"],
+                image=r["image"],
+                region=(r["x1"], r["y1"], r["x2"], r["y2"]),
+                path=r["path"],
+                sha256=r["sha256"],
+                strategy=r["strategy"],
+                config_hash=r["config_hash"],
+                box_ids=json.loads(r["box_ids"]),
+            )
+            for r in self._query(sql + " ORDER BY image, id", params)
+        ]
+
+    # events
+    def log_event(
+        self,
+        stage: str,
+        message: str,
+        level: str = "error",
+        item_id: str | None = None,
+        teacher: str | None = None,
+        image: int | None = None,
+    ) -> None:
+        """Record a problem or milestone of a stage."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO events (ts, stage, level, item_id, teacher, image, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), stage, level, item_id, teacher, image, message),
+            )
+
+    def errors(self, item_id: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
+        """Recorded errors (the export shape: stage, teacher, image, message)."""
+        sql = "SELECT * FROM events WHERE level='error'"
+        params: tuple[Any, ...] = ()
+        if item_id is not None:
+            sql += " AND item_id=?"
+            params += (item_id,)
+        if stage is not None:
+            sql += " AND stage=?"
+            params += (stage,)
+        return [
+            {
+                "stage": r["stage"],
+                "item_id": r["item_id"],
+                "teacher": r["teacher"],
+                "image": r["image"],
+                "message": r["message"],
+            }
+            for r in self._query(sql + " ORDER BY id", params)
+        ]
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
