@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -194,8 +195,6 @@ def _with_file(name: str, data: bytes) -> Callable[[Path], None]:
 
 
 def _truncated_png() -> bytes:
-    import io
-
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
@@ -203,8 +202,6 @@ def _truncated_png() -> bytes:
 
 
 def _truncated_jpeg() -> bytes:
-    import io
-
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")

@@ -7,6 +7,7 @@ import http.server
 import io
 import struct
 import threading
+import urllib.error
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,6 +183,22 @@ def _array(values: list, dtype: type) -> Image.Image:
             [(0, 0, 0), (127, 127, 127), WHITE],
             1,
             id="i32-range",
+        ),
+        # 16-bit data whose maximum fits in 8 bits is still 16-bit: very dark, not stretched.
+        pytest.param(
+            lambda: _array([255, 0], np.uint16),
+            "I;16",
+            [(1, 1, 1), (0, 0, 0)],
+            0,
+            id="i16-max-255-stays-dark",
+        ),
+        # A uniform 32-bit image has no range: it keeps its value (clipped to 0..255).
+        pytest.param(
+            lambda: _array([100, 100], np.int32),
+            "I",
+            [(100, 100, 100), (100, 100, 100)],
+            0,
+            id="i32-uniform-keeps-value",
         ),
         # Float: the range 0..1 maps onto 0..255 (0.25 -> ~64).
         pytest.param(
@@ -580,6 +597,10 @@ def test_http_404_is_a_download_error(http_folder: tuple[Path, str]) -> None:
     message = str(caught.value)
     assert message.startswith("download failed")
     assert "404" in message
+    cause = caught.value.__cause__
+    assert isinstance(cause, urllib.error.HTTPError) and cause.code == 404
+    # The error response was closed, not left holding its socket until garbage collection.
+    assert cause.fp is None or cause.fp.closed
 
 
 def test_http_non_image_body_is_not_an_image(http_folder: tuple[Path, str]) -> None:

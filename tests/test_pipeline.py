@@ -42,7 +42,9 @@ def test_pipeline_end_to_end(tmp_path):
         for item in items:
             assert store.final_attributes(item["item_id"]) == item["attributes"]
             stored = sorted((b.image, b.xyxy) for _, b in store.boxes(item["item_id"]))
-            assert stored == sorted((b["image"], tuple(map(float, b["xyxy"]))) for b in item["boxes"])
+            assert stored == sorted(
+                (b["image"], tuple(map(float, b["xyxy"]))) for b in item["boxes"]
+            )
 
     # Crop: every crop file holds exactly the pixels of its square in the oriented photo.
     croptune("crop", "--run", str(run), "--config", str(EXAMPLES / "crop.yaml"), cwd=tmp_path)
@@ -53,7 +55,9 @@ def test_pipeline_end_to_end(tmp_path):
             for crop in store.crops(item["item_id"]):
                 source = load_image(images[crop.image].uri).image
                 expected = np.asarray(crop_region(source, crop.region, (255, 255, 255)))
-                assert np.array_equal(np.asarray(Image.open(run / crop.path).convert("RGB")), expected)
+                assert np.array_equal(
+                    np.asarray(Image.open(run / crop.path).convert("RGB")), expected
+                )
                 n_crops += 1
     assert n_crops > 0
 

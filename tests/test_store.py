@@ -112,3 +112,14 @@ def test_failed_request_is_asked_again_and_newest_generation_wins(tmp_path):
         )
         assert store.final_attributes("item") == {"g": {"f": "1"}}
         assert store.request_counts() == {"ok": 2}
+
+
+def test_event_logged_once_is_not_repeated_by_a_rerun(tmp_path):
+    with RunStore(tmp_path) as store:
+        for _ in range(3):
+            store.log_event("ingest", "line 3: not valid JSON", once=True)
+            store.log_event("ingest", "item A: image 0: file not found", item_id="A", once=True)
+        store.log_event("label", "HTTP 500", item_id="A")
+        store.log_event("label", "HTTP 500", item_id="A")  # real repeats are kept
+        assert len(store.errors(stage="ingest")) == 2
+        assert len(store.errors(stage="label")) == 2

@@ -352,7 +352,8 @@ def ingest_catalog(
 
     summary = IngestSummary(problems=list(catalog.problems))
     for problem in catalog.problems:
-        store.log_event("ingest", str(problem), item_id=_problem_item(problem))
+        # A catalog problem is met again on every re-run; record it once.
+        store.log_event("ingest", str(problem), item_id=_problem_item(problem), once=True)
     items = catalog.items[:limit] if limit is not None else catalog.items
     for position, item in enumerate(track(items, "ingest", progress)):
         resolved = [catalog.resolve(item, ref) for ref in item.images]
@@ -363,7 +364,7 @@ def ingest_catalog(
         inspected = inspect_item(catalog, item, max_pixels)
         summary.problems += inspected.problems
         for problem in inspected.problems:
-            store.log_event("ingest", problem.message, item_id=item.item_id)
+            store.log_event("ingest", problem.message, item_id=item.item_id, once=True)
         if not inspected.usable:
             summary.dropped += 1
             continue

@@ -65,6 +65,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     """Oriented RGB pixels from encoded image bytes; raises ImageLoadError with the reason."""
     if not data:
         raise ImageLoadError("empty file")
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow's own guard is a process-wide setting; croptune's check below is the one
+        # that applies, so let a user-raised limit through Pillow's (lower) default.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -73,7 +77,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             if width * height > max_pixels:
                 raise ImageLoadError(
                     f"{width}x{height} is {width * height:,} pixels, over the limit of "
-                    f"{max_pixels:,} (raise images.max_pixels if it is a real photo)"
+                    f"{max_pixels:,} (raise max_image_pixels in the label config if it is a real photo)"
                 )
             # Truncated files fail here (unless the user's process set Pillow's
             # LOAD_TRUNCATED_IMAGES), rather than being padded with grey.
@@ -112,20 +116,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
-    """Map a 16/32-bit or float single-channel image onto 0..255 by its actual range."""
+    """Map a 16-bit, 32-bit or float single-channel image onto 0..255."""
     import numpy as np
 
-    array = np.asarray(image, dtype=np.float64)
-    low, high = float(np.nanmin(array)), float(np.nanmax(array))
-    if image.mode.startswith("I;16") and low >= 0 and high > 255:
-        # Keep absolute brightness for true 16-bit data (checked first: a uniform
-        # 16-bit white image must stay white, not fall into the no-range case).
-        scaled = array / 65535.0 * 255.0
-    elif high <= low:
-        scaled = np.zeros_like(array)
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    if image.mode.startswith("I;16"):
+        scaled = array / 65535.0 * 255.0  # 16-bit has a fixed scale: keep absolute brightness
     else:
-        scaled = (array - low) / (high - low) * 255.0
-    return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8), mode="L")
+        # 32-bit integer and float images have no fixed scale: stretch their actual range
+        # (a uniform one keeps its value, clipped to 0..255).
+        low, high = float(array.min()), float(array.max())
+        scaled = array if high <= low else (array - low) / (high - low) * 255.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
 def pixel_hash(image: Image.Image) -> str:

@@ -417,13 +417,24 @@ class RunStore:
         item_id: str | None = None,
         teacher: str | None = None,
         image: int | None = None,
+        once: bool = False,
     ) -> None:
-        """Record a problem or milestone of a stage."""
+        """Record a problem or milestone of a stage (once: skip if already recorded as is)."""
+        row = (stage, level, item_id, teacher, image, message)
         with self.transaction() as conn:
+            if (
+                once
+                and conn.execute(
+                    "SELECT 1 FROM events WHERE stage=? AND level=? AND item_id IS ? AND teacher IS ? "
+                    "AND image IS ? AND message=? LIMIT 1",
+                    row,
+                ).fetchone()
+            ):
+                return
             conn.execute(
                 "INSERT INTO events (ts, stage, level, item_id, teacher, image, message) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), stage, level, item_id, teacher, image, message),
+                (time.time(), *row),
             )
 
     def errors(self, item_id: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
