@@ -1,26 +1,39 @@
-"""The label stage: ask every teacher about every item, store each answer as it arrives."""
+"""The label and relabel stages: ask every teacher about every item, store each answer as it arrives.
+
+Requests are keyed before any pixel is decoded, so a re-run of finished work decodes and
+sends nothing. Items flow through a bounded pool of workers; each teacher's own engine
+bounds its requests in flight and its rate.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
 from teacher_labeling.conventions import sent_size
+from teacher_labeling.cost import Price, Spend
 from teacher_labeling.parse import AnswerParseError, parse_attributes, parse_boxes
-from teacher_labeling.teachers import Teacher, TeacherAnswer, TeacherError, TeacherRequest
-from toolkit.boxes import clean_boxes
+from teacher_labeling.prompts import relabel_prompt
+from teacher_labeling.teachers import FusionConfig, Teacher, TeacherError, TeacherRequest
+from toolkit.boxes import Box, clean_boxes
+from toolkit.catalog import load_ingested_image
+from toolkit.crops import FUSED_SOURCE
 from toolkit.images import ImageLoadError, load_image
-from toolkit.progress import track
-from toolkit.store import ImageRow, ItemRow, RunStore
+from toolkit.progress import ProgressBar
+from toolkit.store import CropRow, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
+
+MAX_WORKERS = 256
 
 
 @dataclass
 class LabelSummary:
-    """Counts of one label run: requests asked, answered from the cache, failed."""
+    """Counts of one label run: requests asked, answered from the cache, failed; spend."""
 
     items: int = 0
     asked: int = 0
@@ -29,185 +42,420 @@ class LabelSummary:
     labels: int = 0
     boxes: int = 0
     errors: list[str] = field(default_factory=list)
+    stopped: dict[str, str] = field(default_factory=dict)
+    spend: dict[str, Spend] = field(default_factory=dict)
+    agreement: dict[str, Any] | None = None
+
+    @property
+    def usd(self) -> float:
+        """Money spent by all teachers in this run."""
+        return sum(s.usd for s in self.spend.values())
+
+
+@dataclass
+class _Pending:
+    """A request to send, before its pixels are decoded."""
+
+    teacher: Teacher
+    request: TeacherRequest
+    image_indices: list[int]  # originals the request shows (crops come after them)
+    crops: list[CropRow] = field(default_factory=list)
+    cached: dict[str, Any] | None = None  # an answer given to another item: reuse, not ask
+    sent_wh: tuple[int, int] | None = None  # boxes requests: the size of the image as sent
+
+
+class _LabelRun:
+    """Shared state of one label run."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        teachers: list[Teacher],
+        prices: dict[str, Price],
+        fusion: FusionConfig,
+        generation: int,
+        bar: ProgressBar,
+    ) -> None:
+        self.store = store
+        self.teachers = teachers
+        self.prices = {t.name: t.price(prices) for t in teachers}
+        self.fusion = fusion
+        self.generation = generation
+        self.bar = bar
+        self.summary = LabelSummary(spend={t.name: Spend() for t in teachers})
+        # Requests being asked now, so a second item with the same question waits for the
+        # first one's answer instead of asking again.
+        self.in_flight: dict[str, asyncio.Future] = {}
+
+    def active(self, teacher: Teacher) -> bool:
+        return teacher.name not in self.summary.stopped
+
+    def error(self, item_id: str, teacher: str | None, image: int | None, message: str) -> None:
+        self.summary.failed += 1
+        where = f"item {item_id}" + (f" ({teacher})" if teacher else "")
+        self.summary.errors.append(f"{where}: {message}")
+        self.store.log_event("label", message, "error", item_id, teacher, image)
+        logger.warning("%s: %s", where, message)
 
 
 def label_items(
-    store: RunStore, teachers: list[Teacher], limit: int | None = None, progress: bool = False
+    store: RunStore,
+    teachers: list[Teacher],
+    limit: int | None = None,
+    progress: bool = False,
+    prices: dict[str, Price] | None = None,
+    fusion: FusionConfig | None = None,
+    relabel: bool = False,
 ) -> LabelSummary:
-    """Label the store's items with every teacher; finished requests are never asked again."""
-    summary = LabelSummary()
-    for item in track(store.items(limit=limit), "label", progress):
-        summary.items += 1
-        images = _load_images(store, item, store.images(item.item_id), summary)
-        if not images:
+    """Label (or relabel) the store's items with every teacher; finished requests are never asked again."""
+    return asyncio.run(label_items_async(store, teachers, limit, progress, prices, fusion, relabel))
+
+
+async def label_items_async(
+    store: RunStore,
+    teachers: list[Teacher],
+    limit: int | None = None,
+    progress: bool = False,
+    prices: dict[str, Price] | None = None,
+    fusion: FusionConfig | None = None,
+    relabel: bool = False,
+) -> LabelSummary:
+    """The label stage as a coroutine (see label_items)."""
+    if relabel:
+        teachers = [t for t in teachers if t.does_attributes]
+    items = store.items(limit=limit)
+    workers = max(1, min(MAX_WORKERS, sum(t.config.max_concurrency for t in teachers)))
+    description = "relabel" if relabel else "label"
+    with ProgressBar(description, len(items), progress, money=True) as bar:
+        run = _LabelRun(store, teachers, prices or {}, fusion or FusionConfig(), int(relabel), bar)
+        queue = iter(items)
+
+        async def worker() -> None:
+            for item in queue:  # one shared iterator: each item goes to exactly one worker
+                await _label_item(run, item, relabel)
+                run.summary.items += 1
+                bar.advance(spend=run.summary.usd)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(workers, len(items) or 1))))
+        finally:
+            for teacher in teachers:
+                await teacher.close()
+    if not relabel and len([t for t in teachers if t.does_boxes]) >= 2:
+        run.summary.agreement = _agreement(store, teachers, run.fusion)
+    return run.summary
+
+
+async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool) -> None:
+    """All of one item's pending requests, sent concurrently."""
+    pending = _pending_requests(run, item, relabel)
+    if not pending:
+        return
+    for p in [p for p in pending if p.cached is not None]:
+        _store_answer(run, item, p, p.cached["text"], p.cached["usage"])
+    to_ask = [p for p in pending if p.cached is None]
+    if to_ask:
+        needed = sorted({i for p in to_ask for i in p.image_indices})
+        sizes = {(p.request.image, p.sent_wh) for p in to_ask if p.request.image is not None}
+        # One trip to a worker thread decodes and resizes everything this item needs.
+        images = await asyncio.to_thread(_load_images, run, item, needed, sizes)
+        crops = await asyncio.to_thread(_load_crops, run, item, to_ask)
+        tasks = [
+            _ask(run, item, p, images, crops)
+            for p in to_ask
+            if all(i in images for i in p.image_indices)
+        ]
+        await asyncio.gather(*tasks)
+    box_teachers = [t for t in run.teachers if t.does_boxes]
+    if not relabel and len(box_teachers) >= 2:
+        _fuse_item(run, item, box_teachers)
+
+
+def _pending_requests(run: _LabelRun, item: ItemRow, relabel: bool) -> list[_Pending]:
+    """The item's requests not answered yet, keyed from the stored image hashes alone."""
+    rows = [r for r in run.store.images(item.item_id) if r.usable]
+    if not rows:
+        return []
+    hashes = [r.sha256 or "" for r in rows]
+    crops = _current_crops(run.store, item.item_id) if relabel else []
+    pending: list[_Pending] = []
+    for teacher in run.teachers:
+        if not run.active(teacher):
             continue
-        for teacher in teachers:
-            if teacher.does_attributes:
-                _label_attributes(store, teacher, item, images, summary)
-            if teacher.does_boxes:
-                for index, (image, image_hash) in images.items():
-                    _label_boxes(store, teacher, item, index, image, image_hash, summary)
-    return summary
+        if teacher.does_attributes:
+            request = teacher.attributes_request(item, [], hashes + [c.sha256 for c in crops])
+            if crops:
+                request.prompt = relabel_prompt(request.prompt, len(rows), len(crops))
+            pending.append(_Pending(teacher, request, [r.index for r in rows], crops))
+        if teacher.does_boxes and not relabel:
+            for row in rows:
+                request = teacher.boxes_request(item, row.index, None, row.sha256 or "")  # type: ignore[arg-type]
+                if teacher.config.coords == "qwen2.5-vl":
+                    # The sent size follows these limits: they are part of the question.
+                    request.parameters["pixels"] = [
+                        teacher.config.min_pixels,
+                        teacher.config.max_pixels,
+                    ]
+                pending.append(_Pending(teacher, request, [row.index]))
+    sizes = {r.index: (r.width or 0, r.height or 0) for r in rows}
+    todo = []
+    for p in pending:
+        key = p.request.cache_key
+        if p.request.image is not None:
+            config = p.teacher.config
+            p.request.original_size = sizes[p.request.image]
+            p.sent_wh = sent_size(
+                config.coords, *p.request.original_size, config.min_pixels, config.max_pixels
+            )
+        if run.store.has_result(item.item_id, key):
+            run.summary.cached += 1
+            continue
+        p.cached = run.store.cached_response(key)
+        if p.cached is not None:
+            run.summary.cached += 1
+        todo.append(p)
+    return todo
+
+
+def _current_crops(store: RunStore, item_id: str) -> list[CropRow]:
+    config_hash = store.get_meta("crop_config_hash")
+    return store.crops(item_id, config_hash) if config_hash else []
 
 
 def _load_images(
-    store: RunStore, item: ItemRow, rows: list[ImageRow], summary: LabelSummary
-) -> dict[int, tuple[Image.Image, str]]:
-    """The item's usable images, decoded and checked against the pixels seen at ingest."""
-    loaded = {}
-    for row in rows:
-        if not row.usable:
-            continue
+    run: _LabelRun, item: ItemRow, indices: list[int], sizes: set[tuple[int, Any]]
+) -> dict[Any, Image.Image]:
+    """Originals by index (checked against ingest), and (index, size) -> the image as sent."""
+    rows = {r.index: r for r in run.store.images(item.item_id)}
+    loaded: dict[Any, Image.Image] = {}
+    for index in indices:
         try:
-            image = load_image(row.uri)
+            loaded[index] = load_ingested_image(rows[index])
         except ImageLoadError as exc:
-            _error(store, summary, item.item_id, None, row.index, f"image {row.index}: {exc}")
-            continue
-        if image.sha256 != row.sha256:
-            _error(
-                store,
-                summary,
-                item.item_id,
-                None,
-                row.index,
-                f"image {row.index} changed since ingest; run `croptune label` again to re-ingest",
+            message = str(exc) if str(exc).startswith("image ") else f"image {index}: {exc}"
+            run.error(item.item_id, None, index, message)
+    for index, size in sizes:
+        if index in loaded:
+            original = loaded[index]
+            same = size is None or tuple(size) == original.size
+            loaded[(index, size)] = (
+                original if same else original.resize(size, Image.Resampling.BICUBIC)
             )
-            continue
-        loaded[row.index] = (image.image, image.sha256)
     return loaded
 
 
-def _label_attributes(
-    store: RunStore,
-    teacher: Teacher,
+def _load_crops(run: _LabelRun, item: ItemRow, pending: list[_Pending]) -> dict[str, Image.Image]:
+    crops = {c.sha256: c for p in pending for c in p.crops}
+    loaded = {}
+    for sha, crop in crops.items():
+        try:
+            loaded[sha] = load_image(str(run.store.run_dir / crop.path)).image
+        except ImageLoadError as exc:
+            run.error(item.item_id, None, crop.image, f"crop {crop.path}: {exc}")
+    return loaded
+
+
+async def _ask(
+    run: _LabelRun,
     item: ItemRow,
-    images: dict[int, tuple[Image.Image, str]],
-    summary: LabelSummary,
+    pending: _Pending,
+    images: dict[Any, Image.Image],
+    crops: dict[str, Image.Image],
 ) -> None:
-    ordered = [images[i] for i in sorted(images)]
-    request = teacher.attributes_request(item, [p for p, _ in ordered], [h for _, h in ordered])
-    answer = _answer(store, teacher, item, request, summary)
-    if answer is None:
+    """Send one request (or wait for the same one in flight), then parse and store the answer."""
+    key = pending.request.cache_key
+    if key in run.in_flight:
+        answer = await run.in_flight[key]
+        if answer is not None:
+            run.summary.cached += 1
+            _store_answer(run, item, pending, answer["text"], answer["usage"])
         return
-    text = answer.text
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    run.in_flight[key] = future
+    answer = None
+    try:
+        answer = await _send(run, item, pending, images, crops)
+        if answer is not None:
+            _store_answer(run, item, pending, answer["text"], answer["usage"])
+    finally:
+        future.set_result(answer)
+        del run.in_flight[key]
+
+
+async def _send(
+    run: _LabelRun,
+    item: ItemRow,
+    pending: _Pending,
+    images: dict[Any, Image.Image],
+    crops: dict[str, Image.Image],
+) -> dict[str, Any] | None:
+    """The teacher's answer to one request, or None when it failed (recorded) or was stopped."""
+    from teacher_labeling.engine import TeacherStopped
+
+    teacher, request = pending.teacher, pending.request
+    if not run.active(teacher):
+        return None
+    if any(c.sha256 not in crops for c in pending.crops):
+        return None  # a crop file is unreadable: already reported, the item is asked next time
+    if request.image is None:
+        request.images = [images[i] for i in pending.image_indices] + [
+            crops[c.sha256] for c in pending.crops
+        ]
+    else:
+        request.images = [images[(request.image, pending.sent_wh)]]
+    try:
+        answer = await teacher.answer(request, item)
+    except TeacherStopped as exc:
+        if teacher.name not in run.summary.stopped:
+            run.summary.stopped[teacher.name] = str(exc)
+            run.store.log_event("label", str(exc), "error", None, teacher.name)
+            logger.error("%s", exc)
+        return None
+    except TeacherError as exc:
+        run.store.record_failure(
+            request.cache_key, teacher.name, request.model, item.item_id, request.image, str(exc)
+        )
+        run.error(item.item_id, teacher.name, request.image, str(exc))
+        return None
+    run.summary.asked += 1
+    usage = answer.usage
+    run.summary.spend[teacher.name].add(
+        run.prices[teacher.name],
+        int(usage.get("prompt_tokens", 0)),
+        int(usage.get("completion_tokens", 0)),
+    )
+    return {"text": answer.text, "usage": usage}
+
+
+def _store_answer(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict) -> None:
+    if pending.request.image is None:
+        _store_attributes(run, item, pending, text, usage)
+    else:
+        _store_boxes(run, item, pending, text, usage)
+
+
+def _store_attributes(
+    run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict
+) -> None:
+    teacher, request = pending.teacher, pending.request
     try:
         attributes, notes = parse_attributes(text, teacher.schema)
     except AnswerParseError as exc:
-        store.record_failure(
+        run.store.record_failure(
             request.cache_key, teacher.name, request.model, item.item_id, None, str(exc), text
         )
-        _error(store, summary, item.item_id, teacher.name, None, f"attributes: {exc}")
+        run.error(item.item_id, teacher.name, None, f"attributes: {exc}")
         return
     for note in notes:
-        store.log_event("label", note, "warning", item.item_id, teacher.name)
-    store.record_answer(
-        request.cache_key, teacher.name, request.model, item.item_id, None, text,
-        answer.usage, labels=attributes,
+        run.store.log_event("label", note, "warning", item.item_id, teacher.name)
+    run.store.record_answer(
+        request.cache_key, teacher.name, request.model, item.item_id, None, text, usage,
+        labels=attributes, generation=run.generation,
     )  # fmt: skip
-    summary.labels += 1
+    run.summary.labels += 1
 
 
-def _label_boxes(
-    store: RunStore,
-    teacher: Teacher,
-    item: ItemRow,
-    index: int,
-    image: Image.Image,
-    image_hash: str,
-    summary: LabelSummary,
-) -> None:
-    config = teacher.config
-    sent_wh = sent_size(config.coords, *image.size, config.min_pixels, config.max_pixels)
-    sent = image if sent_wh == image.size else image.resize(sent_wh, Image.Resampling.BICUBIC)
-    request = teacher.boxes_request(item, index, sent, image_hash, image.size)
-    answer = _answer(store, teacher, item, request, summary)
-    if answer is None:
-        return
-    text = answer.text
+def _store_boxes(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict) -> None:
+    teacher, request = pending.teacher, pending.request
+    index, config = request.image, teacher.config
+    assert index is not None and request.original_size is not None
+    sent_wh = pending.sent_wh or request.original_size
     try:
-        boxes, notes = parse_boxes(text, index, config.coords, sent_wh, image.size)
+        boxes, notes = parse_boxes(text, index, config.coords, sent_wh, request.original_size)
     except AnswerParseError as exc:
-        store.record_failure(
+        run.store.record_failure(
             request.cache_key, teacher.name, request.model, item.item_id, index, str(exc), text
         )
-        _error(store, summary, item.item_id, teacher.name, index, f"boxes: {exc}")
+        run.error(item.item_id, teacher.name, index, f"boxes: {exc}")
         return
-    boxes, problems = clean_boxes(boxes, {index: image.size})
+    boxes, problems = clean_boxes(boxes, {index: request.original_size})
     for note in notes + problems:
-        store.log_event("label", note, "warning", item.item_id, teacher.name, index)
-    ids = store.record_answer(
-        request.cache_key, teacher.name, request.model, item.item_id, index, text,
-        answer.usage, boxes=boxes,
+        run.store.log_event("label", note, "warning", item.item_id, teacher.name, index)
+    ids = run.store.record_answer(
+        request.cache_key, teacher.name, request.model, item.item_id, index, text, usage,
+        boxes=boxes,
     )  # fmt: skip
-    summary.boxes += len(ids)
+    run.summary.boxes += len(ids)
 
 
-def _answer(
-    store: RunStore, teacher: Teacher, item: ItemRow, request: TeacherRequest, summary: LabelSummary
-) -> TeacherAnswer | None:
-    """A fresh answer, or None when the request is finished already or failed now."""
-    cached = store.cached_response(request.cache_key)
-    if cached is not None:
-        summary.cached += 1
-        return None
-    try:
-        answer = teacher.answer(request, item)
-    except TeacherError as exc:
-        store.record_failure(
-            request.cache_key, teacher.name, request.model, item.item_id, request.image, str(exc)
-        )
-        _error(store, summary, item.item_id, teacher.name, request.image, str(exc))
-        return None
-    summary.asked += 1
-    return answer
+def _fuse_item(run: _LabelRun, item: ItemRow, box_teachers: list[Teacher]) -> None:
+    """Replace the item's fused boxes with a fusion of its box teachers' current boxes."""
+    from teacher_labeling.fusion import fuse_boxes
+
+    names = [t.name for t in box_teachers]
+    by_image: dict[int, list[Box]] = {}
+    for _, box in run.store.boxes(item.item_id):
+        if box.source in names:
+            by_image.setdefault(box.image, []).append(box)
+    fused: list[Box] = []
+    for image in sorted(by_image):
+        for result in fuse_boxes(
+            by_image[image], names, run.fusion.iou_threshold, run.fusion.policy
+        ):
+            fused.append(result.box)
+    run.store.set_boxes(item.item_id, FUSED_SOURCE, fused)
 
 
-def _error(
-    store: RunStore,
-    summary: LabelSummary,
-    item_id: str,
-    teacher: str | None,
-    image: int | None,
-    message: str,
-) -> None:
-    summary.failed += 1
-    where = f"item {item_id}" + (f" ({teacher})" if teacher else "")
-    summary.errors.append(f"{where}: {message}")
-    store.log_event("label", message, "error", item_id, teacher, image)
-    logger.warning("%s: %s", where, message)
+def _agreement(store: RunStore, teachers: list[Teacher], fusion: FusionConfig) -> dict[str, Any]:
+    """Agreement statistics of the box teachers over the whole run."""
+    from teacher_labeling.fusion import agreement_stats, fuse_boxes
+
+    names = [t.name for t in teachers if t.does_boxes]
+    results = []
+    for item in store.items():
+        by_image: dict[int, list[Box]] = {}
+        for _, box in store.boxes(item.item_id):
+            if box.source in names:
+                by_image.setdefault(box.image, []).append(box)
+        for boxes in by_image.values():
+            results += fuse_boxes(boxes, names, fusion.iou_threshold, fusion.policy)
+    return agreement_stats(results)
 
 
 @dataclass
 class PendingRequests:
-    """What a label run would send: requests per teacher not yet answered."""
+    """What a label run would send: requests, estimated tokens and cost per teacher."""
 
     items: int = 0
     per_teacher: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
+    usd: dict[str, float] = field(default_factory=dict)
     cached: int = 0
 
 
 def pending_requests(
-    store: RunStore, teachers: list[Teacher], limit: int | None = None
+    store: RunStore,
+    teachers: list[Teacher],
+    limit: int | None = None,
+    prices: dict[str, Price] | None = None,
+    relabel: bool = False,
 ) -> PendingRequests:
-    """Count the requests a label run would send, without sending any (for --dry-run)."""
-    pending = PendingRequests()
+    """Count, and price, the requests a label run would send, without sending any (--dry-run)."""
+    from teacher_labeling.cost import request_cost
+
+    bar = ProgressBar("dry run", 0, False)
+    run = _LabelRun(store, teachers, prices or {}, FusionConfig(), int(relabel), bar)
+    result = PendingRequests()
+    seen: set[str] = set()
     for item in store.items(limit=limit):
-        pending.items += 1
-        rows = [r for r in store.images(item.item_id) if r.usable]
-        hashes = [r.sha256 or "" for r in rows]
-        for teacher in teachers:
-            requests: list[TeacherRequest] = []
-            if teacher.does_attributes and rows:
-                requests.append(teacher.attributes_request(item, [], hashes))
-            if teacher.does_boxes:
-                # The key holds the original's hash, so no pixels are needed to count.
-                requests += [
-                    teacher.boxes_request(item, r.index, None, r.sha256 or "")  # type: ignore[arg-type]
-                    for r in rows
-                ]
-            for request in requests:
-                if store.cached_response(request.cache_key) is None:
-                    pending.per_teacher[teacher.name] = pending.per_teacher.get(teacher.name, 0) + 1
-                else:
-                    pending.cached += 1
-    return pending
+        result.items += 1
+        sizes = {r.index: (r.width or 0, r.height or 0) for r in store.images(item.item_id)}
+        for p in _pending_requests(run, item, relabel):
+            if p.cached is not None or p.request.cache_key in seen:
+                continue  # answered already, or asked once for several items
+            seen.add(p.request.cache_key)
+            config = p.teacher.config
+            shown = [sizes[i] for i in p.image_indices] + [
+                (c.region[2] - c.region[0], c.region[3] - c.region[1]) for c in p.crops
+            ]
+            if p.request.image is not None:
+                shown = [sent_size(config.coords, *shown[0], config.min_pixels, config.max_pixels)]
+            prompt, completion = p.teacher.estimate_tokens(p.request, shown)
+            name = p.teacher.name
+            result.per_teacher[name] = result.per_teacher.get(name, 0) + 1
+            total_in, total_out = result.tokens.get(name, (0, 0))
+            result.tokens[name] = (total_in + prompt, total_out + completion)
+            price = run.prices[name]
+            result.usd[name] = result.usd.get(name, 0.0) + request_cost(price, prompt, completion)
+    result.cached = run.summary.cached
+    return result

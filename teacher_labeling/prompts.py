@@ -25,3 +25,12 @@ def attributes_prompt(schema: AttributeSchema, listing_text: str | None = None) 
 def boxes_prompt(coords: str) -> str:
     """The instruction text for a boxes teacher using the given coordinate convention."""
     return BOXES_INSTRUCTIONS.format(coords_hint=COORDS_HINTS[coords])
+
+
+def relabel_prompt(prompt: str, n_photos: int, n_crops: int) -> str:
+    """The attributes instruction for "better labels": photos first, then close-up crops."""
+    return (
+        f"The first {n_photos} images are the listing's photos; the last {n_crops} are close-up "
+        "crops of regions with printed text or numbers from those photos. Read the small print "
+        "from the crops.\n\n" + prompt
+    )

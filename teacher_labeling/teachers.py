@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -14,6 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from teacher_labeling.conventions import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Coords, from_pixels
+from teacher_labeling.cost import Price, image_tokens, price_for, text_tokens
 from teacher_labeling.prompts import attributes_prompt, boxes_prompt
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, listing_text
@@ -53,6 +55,17 @@ class TeacherConfig(BaseModel):
     max_retries: int = Field(6, ge=0, description="Retries of 429/5xx/timeouts before giving up")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature")
     max_tokens: int = Field(2048, ge=1, description="Answer length limit in tokens")
+    structured_output: bool = Field(
+        True,
+        description="Attributes teachers: send the schema as a strict json_schema response_format "
+        "(OpenAI structured outputs; vLLM guided decoding). Off for servers without it.",
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the images sent")
+    expected_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Answer tokens assumed by --dry-run (default: 400 attributes, 300 boxes)",
+    )
 
     @model_validator(mode="after")
     def _no_inline_keys(self) -> TeacherConfig:
@@ -62,6 +75,19 @@ class TeacherConfig(BaseModel):
                 "not the key itself"
             )
         return self
+
+
+class FusionConfig(BaseModel):
+    """Fusion of the boxes of two or more box teachers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["weighted", "union", "intersection"] = Field(
+        "weighted",
+        description="weighted: score-weighted mean of matched boxes; union: their enclosing box; "
+        "intersection: only boxes every box teacher found",
+    )
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU at which two boxes match")
 
 
 class LabelConfig(BaseModel):
@@ -77,6 +103,14 @@ class LabelConfig(BaseModel):
     )
     allow_outside_paths: bool = Field(
         False, description="Allow catalog image paths that leave the catalog folder"
+    )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="USD per 1M input/output tokens per model, added to the built-in table",
+    )
+    fusion: FusionConfig = Field(
+        default_factory=lambda: FusionConfig(),
+        description="How boxes of several teachers are fused",
     )
 
     @model_validator(mode="after")
@@ -197,11 +231,38 @@ class Teacher(ABC):
         )
 
     def _parameters(self) -> dict[str, Any]:
-        return {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        # The endpoint is part of the question: two servers may serve different weights
+        # under one model name.
+        return {
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "endpoint": self.config.base_url,
+        }
 
     @abstractmethod
-    def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
+    async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
         """Answer one request (raises TeacherError when it cannot)."""
+
+    def price(self, prices: dict[str, Price]) -> Price:
+        """What the teacher's tokens cost (0 for the reference and local teachers)."""
+        return (
+            price_for(self.config.model, prices)
+            if self.config.kind == "openai"
+            else Price(input=0, output=0)
+        )
+
+    def estimate_tokens(
+        self, request: TeacherRequest, sizes: list[tuple[int, int]]
+    ) -> tuple[int, int]:
+        """(prompt, completion) tokens a request is expected to take, for limits and dry runs."""
+        prompt = text_tokens(request.prompt) + sum(
+            image_tokens(self.config.model, w, h, self.config.coords) for w, h in sizes
+        )
+        default_output = 300 if request.image is not None else 400
+        return prompt, self.config.expected_output_tokens or default_output
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook: nothing to release by default
+        """Release connections or models held by the teacher."""
 
 
 class ReferenceTeacher(Teacher):
@@ -211,7 +272,7 @@ class ReferenceTeacher(Teacher):
     through the same parsers and store path as a real teacher's answer.
     """
 
-    def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
+    async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
         """The item's reference attributes, or the reference boxes of the requested image."""
         if request.image is None:
             if not item.reference_attributes:
@@ -228,11 +289,133 @@ class ReferenceTeacher(Teacher):
         return TeacherAnswer(text=json.dumps(entries))
 
 
+class OpenAITeacher(Teacher):
+    """Any OpenAI-compatible chat completions endpoint: OpenAI (GPT-4.1), vLLM, others."""
+
+    def __init__(self, config: TeacherConfig, schema: AttributeSchema, client: Any = None) -> None:
+        super().__init__(config, schema)
+        self._client = client
+        self._engine: Any = None
+        self._encoded = EncodedImages()
+
+    @property
+    def engine(self) -> Any:
+        """The teacher's request engine (made on first use, inside the running event loop)."""
+        if self._engine is None:
+            from teacher_labeling.engine import RequestEngine, openai_client, resolve_api_key
+
+            client = self._client
+            if client is None:
+                key = resolve_api_key(self.name, self.config.api_key_env, self.config.base_url)
+                client = openai_client(self.config.base_url, key, self.config.timeout_s)
+            self._engine = RequestEngine(
+                self.name,
+                self.config.model,
+                client,
+                max_concurrency=self.config.max_concurrency,
+                requests_per_minute=self.config.requests_per_minute,
+                tokens_per_minute=self.config.tokens_per_minute,
+                max_retries=self.config.max_retries,
+            )
+        return self._engine
+
+    def check_ready(self) -> None:
+        """Fail fast (before any work) when the key variable is missing."""
+        from teacher_labeling.engine import resolve_api_key
+
+        if self._client is None:
+            resolve_api_key(self.name, self.config.api_key_env, self.config.base_url)
+
+    def messages(self, request: TeacherRequest) -> list[dict[str, Any]]:
+        """The chat messages of a request: its images as data URLs, then the instruction."""
+        content: list[dict[str, Any]] = [
+            {
+                "type": "image_url",
+                "image_url": {"url": self._encoded.data_url(image, h, self.config.jpeg_quality)},
+            }
+            for image, h in zip(request.images, request.image_hashes, strict=True)
+        ]
+        content.append({"type": "text", "text": request.prompt})
+        return [{"role": "user", "content": content}]
+
+    def request_parameters(self, request: TeacherRequest) -> dict[str, Any]:
+        """Sampling parameters and, for attributes, the strict JSON schema."""
+        params: dict[str, Any] = {
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        if request.image is None and self.config.structured_output:
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": f"{self.schema.name}_attributes",
+                    "strict": True,
+                    "schema": self.schema.json_schema(strict=True),
+                },
+            }
+        return params
+
+    async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
+        """The endpoint's answer to one request (retried per the config's limits)."""
+        from teacher_labeling.engine import RequestFailed
+
+        sizes = [image.size for image in request.images]
+        prompt_tokens, completion_tokens = self.estimate_tokens(request, sizes)
+        try:
+            # Encoding a large photo takes tens of ms; in a thread it runs beside the event loop
+            # (Pillow releases the GIL while encoding), so other requests keep flowing.
+            messages = await asyncio.to_thread(self.messages, request)
+            completion = await self.engine.complete(
+                messages,
+                prompt_tokens + completion_tokens,
+                **self.request_parameters(request),
+            )
+        except RequestFailed as exc:
+            raise TeacherError(str(exc)) from exc
+        usage = {**completion.usage, "attempts": completion.attempts}
+        if completion.finish_reason == "length":
+            usage["truncated"] = 1  # the parser repairs what it can of a cut-off answer
+        return TeacherAnswer(text=completion.text, usage=usage)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._engine is not None and self._client is None:
+            await self._engine.client.close()
+
+
+class EncodedImages:
+    """JPEG data URLs by (pixel hash, size): each image is encoded once per size it is sent at."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._cache: dict[tuple[str, tuple[int, int], int], str] = {}
+        self._max_entries = max_entries
+        self.encoded = 0
+
+    def data_url(self, image: Image.Image, image_hash: str, quality: int) -> str:
+        """The data URL of an image as sent (hash of the original + the sent size is the key)."""
+        key = (image_hash, image.size, quality)
+        url = self._cache.get(key)
+        if url is None:
+            import base64
+
+            from toolkit.images import encode_jpeg
+
+            url = "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality)).decode()
+            if len(self._cache) >= self._max_entries:
+                self._cache.pop(next(iter(self._cache)))  # oldest first: items flow through once
+            self._cache[key] = url
+            self.encoded += 1
+        return url
+
+
 def build_teacher(config: TeacherConfig, schema: AttributeSchema) -> Teacher:
     """The teacher implementation for a config."""
     if config.kind == "reference":
         return ReferenceTeacher(config, schema)
-    raise NotBuiltError(
-        f"teacher {config.name!r}: kind {config.kind!r} is not built yet in this croptune "
-        "(only 'reference' is); OpenAI-compatible and local teachers are planned"
-    )
+    if config.kind == "openai":
+        return OpenAITeacher(config, schema)
+    if config.kind == "local":
+        from teacher_labeling.local import LocalTeacher
+
+        return LocalTeacher(config, schema)
+    raise NotBuiltError(f"teacher {config.name!r}: unknown kind {config.kind!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -27,9 +28,9 @@ class CountingReference(ReferenceTeacher):
 
     asked: list[tuple[str, int | None]]
 
-    def answer(self, request, item):
+    async def answer(self, request, item):
         self.asked.append((request.item_id, request.image))
-        return super().answer(request, item)
+        return await super().answer(request, item)
 
 
 def _teacher(coords="pixels") -> CountingReference:
@@ -125,7 +126,7 @@ def test_reference_teacher_without_attributes_raises_teacher_error(tmp_path):
         teacher = _teacher()
         request = teacher.attributes_request(item, [], ["h"])
         with pytest.raises(TeacherError, match="no reference attributes"):
-            teacher.answer(request, item)
+            asyncio.run(teacher.answer(request, item))
 
 
 def test_cache_key_depends_on_model_prompt_images_and_parameters():
@@ -152,8 +153,8 @@ def test_label_config_rules():
         LabelConfig(teachers=[{"name": "a", "role": "boxes"}, {"name": "a", "role": "boxes"}])
     with pytest.raises(ValueError, match="NAME of an environment variable"):
         TeacherConfig(name="a", role="boxes", api_key_env="sk-live-1234-abcd")
-    with pytest.raises(CroptuneError, match="not built yet"):
-        build_teacher(TeacherConfig(name="gpt", role="attributes", kind="openai"), load_schema())
+    with pytest.raises(CroptuneError, match="names no key variable"):
+        build_teacher(TeacherConfig(name="gpt", role="attributes"), load_schema()).check_ready()
 
 
 def test_splits_keep_shared_images_together_and_are_deterministic():

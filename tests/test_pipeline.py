@@ -46,6 +46,16 @@ def test_pipeline_end_to_end(tmp_path):
                 (b["image"], tuple(map(float, b["xyxy"]))) for b in item["boxes"]
             )
 
+    # Export: JSONL per item, and the boxes as a COCO detection dataset.
+    croptune("labels", "export", "--run", str(run), "--format", "jsonl", "--out",
+             str(tmp_path / "labels.jsonl"), cwd=tmp_path)  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [line["attributes"] for line in lines] == [item["attributes"] for item in items]
+    croptune("labels", "export", "--run", str(run), "--format", "coco", "--out",
+             str(tmp_path / "coco"), cwd=tmp_path)  # fmt: skip
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert len(coco["annotations"]) == sum(len(item["boxes"]) for item in items)
+
     # Crop: every crop file holds exactly the pixels of its square in the oriented photo.
     croptune("crop", "--run", str(run), "--config", str(EXAMPLES / "crop.yaml"), cwd=tmp_path)
     n_crops = 0

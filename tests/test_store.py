@@ -123,3 +123,23 @@ def test_event_logged_once_is_not_repeated_by_a_rerun(tmp_path):
         store.log_event("label", "HTTP 500", item_id="A")  # real repeats are kept
         assert len(store.errors(stage="ingest")) == 2
         assert len(store.errors(stage="label")) == 2
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path):
+    # A store as croptune 0.1 wrote it: images without the file_stat column, schema v1.
+    conn = sqlite3.connect(tmp_path / "run.sqlite")
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE images (item_id TEXT NOT NULL, idx INTEGER NOT NULL, uri TEXT NOT NULL,
+            sha256 TEXT, width INTEGER, height INTEGER, error TEXT, PRIMARY KEY (item_id, idx));
+        INSERT INTO images VALUES ('A', 0, '/x.png', 'abc', 10, 20, NULL);
+        """
+    )
+    conn.commit()
+    conn.close()
+    with RunStore(tmp_path) as store:
+        (row,) = store.images("A")
+        assert (row.sha256, row.width, row.file_stat) == ("abc", 10, None)
+        assert store.get_meta("schema_version") == str(SCHEMA_VERSION)

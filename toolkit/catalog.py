@@ -11,12 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from toolkit.boxes import Box, clean_boxes
 from toolkit.errors import CroptuneError
-from toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError, is_url, load_image
+from toolkit.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    decode_image,
+    file_stat,
+    is_url,
+    load_image,
+    read_image_bytes,
+)
 from toolkit.store import ImageRow, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
@@ -308,6 +317,7 @@ def inspect_item(
     where = f"item {item.item_id}"
     for index, reference in enumerate(item.images):
         uri = catalog.resolve(item, reference)
+        stat = file_stat(uri)  # before reading: a file changed meanwhile then looks changed
         try:
             loaded = load_image(uri, max_pixels=max_pixels)
         except ImageLoadError as exc:
@@ -315,7 +325,7 @@ def inspect_item(
             rows.append(ImageRow(item.item_id, index, uri, None, None, None, str(exc)))
             continue
         width, height = loaded.size
-        rows.append(ImageRow(item.item_id, index, uri, loaded.sha256, width, height, None))
+        rows.append(ImageRow(item.item_id, index, uri, loaded.sha256, width, height, None, stat))
     sizes = {r.index: (r.width, r.height) for r in rows if r.usable}
     # Boxes whose index is past the item's images were already reported by load_catalog.
     raw = [
@@ -385,3 +395,19 @@ def ingest_catalog(
 
 def _problem_item(problem: Problem) -> str | None:
     return problem.where[5:] if problem.where.startswith("item ") else None
+
+
+def load_ingested_image(row: ImageRow) -> Image.Image:
+    """The oriented RGB pixels of an ingested image; ImageLoadError if it changed since ingest.
+
+    An unchanged local file (same size and mtime) is decoded without hashing it again.
+    """
+    stat = file_stat(row.uri)
+    if stat is not None and stat == row.file_stat:
+        return decode_image(read_image_bytes(row.uri))
+    loaded = load_image(row.uri)
+    if loaded.sha256 != row.sha256:
+        raise ImageLoadError(
+            f"image {row.index} changed since ingest; run `croptune label` again to re-ingest"
+        )
+    return loaded.image

@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -88,7 +89,7 @@ def _options(
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
+        level=logging.WARNING,  # third-party debug logs may carry request headers: never shown
         format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
     )
     for package in ("toolkit", "teacher_labeling", "finetune"):
@@ -143,16 +144,19 @@ def label(
     config: Path = typer.Option(..., "--config", help="Label config YAML (teachers, schema)."),
     run: Path = typer.Option(..., "--run", help="Run folder (created if missing)."),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Count what would be asked; send nothing."
+        False, "--dry-run", help="Estimate requests, tokens and cost; send nothing."
     ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    batch: bool = typer.Option(
+        False, "--batch", help="Attributes through OpenAI's Batch API (half price, up to 24 h)."
+    ),
 ) -> None:
     """Ingest a catalog and label it with teacher models (resumable)."""
     from teacher_labeling.teachers import load_label_config
     from toolkit.pipeline import run_label
 
     ingest, result = run_label(
-        catalog, load_label_config(config), run, limit, dry_run, _State.progress
+        catalog, load_label_config(config), run, limit, dry_run, _State.progress, batch
     )
     for problem in ingest.problems:
         typer.echo(str(problem), err=True)
@@ -161,18 +165,51 @@ def label(
         ("items dropped", str(ingest.dropped)),
     ]
     if dry_run:
-        rows += [(f"requests to send: {k}", str(v)) for k, v in result.per_teacher.items()]
-        rows.append(("requests already answered", str(result.cached)))
-        _table(f"croptune label --dry-run ({run})", rows)
+        _table(f"croptune label --dry-run ({run})", rows + _pending_rows(result))
         return
-    rows += [
+    _table(f"croptune label ({run})", rows + _label_rows(result))
+    _exit_if_stopped(result)
+
+
+def _pending_rows(pending: Any) -> list[tuple[str, str]]:
+    rows = []
+    for name, count in pending.per_teacher.items():
+        tokens_in, tokens_out = pending.tokens[name]
+        rows.append(
+            (
+                f"{name}: requests to send",
+                f"{count} (~{tokens_in:,} input + {tokens_out:,} output tokens, "
+                f"~${pending.usd[name]:.2f})",
+            )
+        )
+    rows.append(("requests already answered", str(pending.cached)))
+    return rows
+
+
+def _label_rows(result: Any) -> list[tuple[str, str]]:
+    rows = [
         ("requests sent", str(result.asked)),
         ("answered from the store (cache)", str(result.cached)),
         ("failed (asked again on the next run)", str(result.failed)),
         ("labels stored", str(result.labels)),
         ("boxes stored", str(result.boxes)),
     ]
-    _table(f"croptune label ({run})", rows)
+    for name, spend in result.spend.items():
+        if spend.prompt_tokens or spend.completion_tokens:
+            rows.append(
+                (
+                    f"{name}: tokens, cost",
+                    f"{spend.prompt_tokens:,} in + {spend.completion_tokens:,} out, ${spend.usd:.2f}",
+                )
+            )
+    if result.agreement:
+        rows += [(f"box agreement: {k}", str(v)) for k, v in result.agreement.items()]
+    return rows
+
+
+def _exit_if_stopped(result: Any) -> None:
+    if result.stopped:
+        raise CroptuneError(" ".join(result.stopped.values()))
 
 
 @app.command()
@@ -211,19 +248,50 @@ def crop(
 def relabel(
     run: Path = typer.Option(..., "--run", help="A labeled and cropped run folder."),
     config: Path = typer.Option(..., "--config", help="Label config YAML."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Estimate requests, tokens and cost; send nothing."
+    ),
 ) -> None:
-    """Better labels: ask the attributes teacher again with originals + crops."""
-    _not_built("relabel", "planned with the real teachers")
+    """Better labels: ask the attributes teachers again with originals + crops."""
+    from teacher_labeling.teachers import load_label_config
+    from toolkit.pipeline import run_relabel
+
+    result = run_relabel(run, load_label_config(config), dry_run, _State.progress)
+    if dry_run:
+        _table(f"croptune relabel --dry-run ({run})", _pending_rows(result))
+        return
+    _table(f"croptune relabel ({run})", _label_rows(result))
+    _exit_if_stopped(result)
 
 
 @labels_app.command("export")
 def labels_export(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     format: str = typer.Option("jsonl", "--format", help="jsonl | coco | yolo"),
-    out: Path = typer.Option(..., "--out", help="Output file or folder."),
+    out: Path = typer.Option(..., "--out", help="Output file (jsonl) or folder (coco, yolo)."),
 ) -> None:
     """Write labels, boxes and crops as JSONL, or boxes as a COCO/YOLO dataset."""
-    _not_built("labels export", "planned with the real teachers")
+    from toolkit import export
+    from toolkit.store import RunStore
+
+    writers = {
+        "jsonl": export.export_labels_jsonl,
+        "coco": export.export_labels_coco,
+        "yolo": export.export_labels_yolo,
+    }
+    if format not in writers:
+        raise CroptuneError(f"unknown export format {format!r}; use jsonl, coco or yolo")
+    with RunStore(run, create=False) as store:
+        result = writers[format](store, out)
+    if isinstance(result, int):
+        typer.echo(f"{result} items written to {out}")
+        return
+    for reason in result.skipped:
+        typer.echo(reason, err=True)
+    typer.echo(
+        f"{result.images} images, {result.boxes} boxes, {len(result.classes)} classes "
+        f"written to {out} ({format})"
+    )
 
 
 @app.command()

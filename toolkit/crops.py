@@ -20,10 +20,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.boxes import Box
-from toolkit.images import ImageLoadError, load_image, pixel_hash
+from toolkit.catalog import load_ingested_image
+from toolkit.images import ImageLoadError, pixel_hash
 from toolkit.store import CropRow, ImageRow, RunStore
 
 XYXY = tuple[float, float, float, float]
+FUSED_SOURCE = "fused"  # the source name of boxes fused across several box teachers
 Region = tuple[int, int, int, int]
 
 
@@ -190,6 +192,12 @@ def budgeted_order(
     return [i for k, i in kept if k == "o"], [i for k, i in kept if k == "c"]
 
 
+def crop_boxes(boxes: list[tuple[int, Box]]) -> list[tuple[int, Box]]:
+    """The boxes crops are cut from: the fused ones when teachers were fused, else all."""
+    fused = [(i, b) for i, b in boxes if b.source == FUSED_SOURCE]
+    return fused or boxes
+
+
 def crop_run(store: RunStore, config: CropConfig, progress: bool = False) -> CropSummary:
     """Cut and store the crops of every labeled item (crops already made are kept as is)."""
     from toolkit.progress import track
@@ -203,7 +211,7 @@ def crop_run(store: RunStore, config: CropConfig, progress: bool = False) -> Cro
     for item in track(store.items(), "crop", progress):
         summary.items += 1
         rows = {r.index: r for r in store.images(item.item_id) if r.usable}
-        boxed = store.boxes(item.item_id)
+        boxed = crop_boxes(store.boxes(item.item_id))
         summary.boxes += len(boxed)
         plans = plan_crops(
             [b for _, b in boxed], {i: (r.width, r.height) for i, r in rows.items()}, config
@@ -218,7 +226,9 @@ def crop_run(store: RunStore, config: CropConfig, progress: bool = False) -> Cro
                     store, item.item_id, plan, rows[plan.image], boxed, config, crops_dir
                 )
             except ImageLoadError as exc:
-                message = f"image {plan.image}: {exc}"
+                message = (
+                    str(exc) if str(exc).startswith("image ") else f"image {plan.image}: {exc}"
+                )
                 summary.errors.append(f"item {item.item_id}: {message}")
                 store.log_event("crop", message, item_id=item.item_id, image=plan.image)
                 continue
@@ -243,10 +253,7 @@ def _cut_and_store(
     config: CropConfig,
     crops_dir: Path,
 ) -> None:
-    loaded = load_image(row.uri)
-    if loaded.sha256 != row.sha256:
-        raise ImageLoadError("changed since ingest; run `croptune label` again to re-ingest")
-    pixels = crop_region(loaded.image, plan.region, config.fill)
+    pixels = crop_region(load_ingested_image(row), plan.region, config.fill)
     data, suffix = encode_crop(pixels, config)
     name = hashlib.sha256(data).hexdigest()[:24] + suffix
     target = crops_dir / name

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from toolkit.catalog import load_ingested_image
 from toolkit.crops import budgeted_order
 from toolkit.errors import CroptuneError
 from toolkit.images import ImageLoadError, load_image
@@ -286,10 +287,7 @@ def _example_images(
     by_index = {r.index: r for r in rows}
     images = []
     for index in keep_originals:
-        loaded = load_image(by_index[index].uri)
-        if loaded.sha256 != by_index[index].sha256:
-            raise ImageLoadError(f"image {index} changed since ingest")
-        images.append(_downscale(loaded.image, config.max_image_side))
+        images.append(_downscale(load_ingested_image(by_index[index]), config.max_image_side))
     for index in keep_crops:
         images.append(load_image(str(store.run_dir / crops[index].path)).image)
     return images

@@ -43,23 +43,55 @@ def run_label(
     limit: int | None = None,
     dry_run: bool = False,
     progress: bool = False,
+    batch: bool = False,
 ) -> tuple[IngestSummary, Any]:
     """Ingest a catalog into the run and label it with the configured teachers."""
-    from teacher_labeling.labeling import LabelSummary, label_items, pending_requests
-    from teacher_labeling.teachers import build_teacher
+    from teacher_labeling.labeling import label_items, pending_requests
 
-    schema = load_schema(config.schema_)
-    teachers = [build_teacher(t, schema) for t in config.teachers]
+    teachers = _teachers(config, check=not dry_run)
     catalog = load_catalog(catalog_path, allow_outside=config.allow_outside_paths)
     with RunStore(run_dir) as store:
-        store.set_meta("schema_json", schema.model_dump_json())
+        store.set_meta("schema_json", load_schema(config.schema_).model_dump_json())
         store.set_meta("catalog", str(catalog_path.resolve()))
         save_resolved_config(config, run_dir / "label_config.yaml")
         ingest = ingest_catalog(catalog, store, config.max_image_pixels, limit, progress)
         if dry_run:
-            return ingest, pending_requests(store, teachers, limit)
-        summary: LabelSummary = label_items(store, teachers, limit, progress)
+            return ingest, pending_requests(store, teachers, limit, config.prices)
+        if batch:
+            from teacher_labeling.batch import label_with_batches
+
+            return ingest, label_with_batches(store, teachers, limit, config.prices, progress)
+        summary = label_items(store, teachers, limit, progress, config.prices, config.fusion)
     return ingest, summary
+
+
+def run_relabel(run_dir: Path, config: Any, dry_run: bool = False, progress: bool = False) -> Any:
+    """ "Better labels": the attributes teachers again, on originals + the run's crops."""
+    from teacher_labeling.labeling import label_items, pending_requests
+
+    teachers = [t for t in _teachers(config, check=not dry_run) if t.does_attributes]
+    if not teachers:
+        raise CroptuneError("relabel needs an attributes teacher (role: attributes) in the config")
+    with RunStore(run_dir, create=False) as store:
+        if store.get_meta("crop_config_hash") is None:
+            raise CroptuneError(
+                f"run {run_dir} has no crops yet; run `croptune crop --run {run_dir}`"
+            )
+        if dry_run:
+            return pending_requests(store, teachers, None, config.prices, relabel=True)
+        return label_items(store, teachers, None, progress, config.prices, relabel=True)
+
+
+def _teachers(config: Any, check: bool = True) -> list[Any]:
+    """The configured teachers, checked (keys present) before any work starts."""
+    from teacher_labeling.teachers import build_teacher
+
+    schema = load_schema(config.schema_)
+    teachers = [build_teacher(t, schema) for t in config.teachers]
+    for teacher in teachers:
+        if check and hasattr(teacher, "check_ready"):
+            teacher.check_ready()
+    return teachers
 
 
 def run_crop(run_dir: Path, config: CropConfig, progress: bool = False) -> CropSummary:

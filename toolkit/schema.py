@@ -40,20 +40,36 @@ class AttributeSchema(BaseModel):
         """All (group, field) pairs in schema order."""
         return [(g, f) for g, fields in self.groups.items() for f in fields]
 
-    def json_schema(self) -> dict[str, Any]:
-        """A strict JSON Schema of the answer object (every field optional, no extras)."""
+    def json_schema(self, strict: bool = False) -> dict[str, Any]:
+        """A JSON Schema of the answer object, no extra keys.
+
+        strict: the form OpenAI's strict structured outputs need: every key required,
+        absent values as null (croptune drops the nulls when it cleans the answer).
+        """
         props: dict[str, Any] = {}
         for group, fields in self.groups.items():
             gprops = {}
             for name, spec in fields.items():
                 if spec.type == "list":
-                    gprops[name] = {"type": "array", "items": {"type": "string"}}
+                    kind: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
                 else:
-                    gprops[name] = {"type": "string"}
-                if spec.description:
-                    gprops[name]["description"] = spec.description
+                    kind = {"type": "string"}
+                if strict:
+                    kind["type"] = [kind["type"], "null"]
+                gprops[name] = (
+                    {**kind, "description": spec.description} if spec.description else kind
+                )
             props[group] = {"type": "object", "properties": gprops, "additionalProperties": False}
-        return {"type": "object", "properties": props, "additionalProperties": False}
+            if strict:
+                props[group]["required"] = list(gprops)
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": props,
+            "additionalProperties": False,
+        }
+        if strict:
+            schema["required"] = list(props)
+        return schema
 
     def clean(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """Schema-shaped copy of an answer and a list of what was dropped or coerced."""

@@ -16,7 +16,7 @@ from toolkit.boxes import Box
 from toolkit.errors import CroptuneError
 
 # Bump when the tables change; add a migration step in _migrate for the old version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FILE = "run.sqlite"
 
 _TABLES = """
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS items (
     created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     item_id TEXT NOT NULL, idx INTEGER NOT NULL, uri TEXT NOT NULL, sha256 TEXT,
-    width INTEGER, height INTEGER, error TEXT,
+    width INTEGER, height INTEGER, error TEXT, file_stat TEXT,
     PRIMARY KEY (item_id, idx));
 CREATE TABLE IF NOT EXISTS requests (
     cache_key TEXT PRIMARY KEY, teacher TEXT NOT NULL, model TEXT NOT NULL, item_id TEXT NOT NULL,
@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, stage TEXT NOT NULL,
     level TEXT NOT NULL, item_id TEXT, teacher TEXT, image INTEGER, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_item ON events (item_id);
+CREATE TABLE IF NOT EXISTS results (
+    item_id TEXT NOT NULL, cache_key TEXT NOT NULL, PRIMARY KEY (item_id, cache_key));
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY, teacher TEXT NOT NULL, input_file_id TEXT NOT NULL,
+    requests TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, closed_at REAL);
 """
 
 
@@ -78,6 +83,7 @@ class ImageRow:
     width: int | None
     height: int | None
     error: str | None
+    file_stat: str | None = None  # 'size:mtime_ns' at ingest: unchanged files skip re-hashing
 
     @property
     def usable(self) -> bool:
@@ -119,6 +125,7 @@ class RunStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
             self._check_version()
+            self._migrate()
             self._conn.executescript(_TABLES)
         except sqlite3.DatabaseError as exc:
             raise CroptuneError(f"{self.path} is not a readable croptune store: {exc}") from exc
@@ -136,6 +143,18 @@ class RunStore:
                 f"{self.path} was written by a newer croptune (store schema v{row[0]}; this "
                 f"croptune reads up to v{SCHEMA_VERSION}). Upgrade croptune to open this run."
             )
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older croptune up to SCHEMA_VERSION, in place."""
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return
+        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else SCHEMA_VERSION
+        if version < 2:
+            self._conn.execute("ALTER TABLE images ADD COLUMN file_stat TEXT")
 
     def close(self) -> None:
         """Close the connection."""
@@ -207,8 +226,12 @@ class RunStore:
             )
             conn.execute("DELETE FROM images WHERE item_id=?", (item.item_id,))
             conn.executemany(
-                "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(i.item_id, i.index, i.uri, i.sha256, i.width, i.height, i.error) for i in images],
+                "INSERT INTO images (item_id, idx, uri, sha256, width, height, error, file_stat) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (i.item_id, i.index, i.uri, i.sha256, i.width, i.height, i.error, i.file_stat)
+                    for i in images
+                ],
             )
 
     def items(self, limit: int | None = None) -> list[ItemRow]:
@@ -241,6 +264,7 @@ class RunStore:
                 width=r["width"],
                 height=r["height"],
                 error=r["error"],
+                file_stat=r["file_stat"],
             )
             for r in self._query("SELECT * FROM images WHERE item_id=? ORDER BY idx", (item_id,))
         ]
@@ -275,6 +299,8 @@ class RunStore:
                 "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, 'ok', ?, ?, NULL, ?)",
                 (cache_key, teacher, model, item_id, image, text, _dumps(usage), now),
             )
+            # One answer can serve several items (the same photo in two listings).
+            conn.execute("INSERT OR IGNORE INTO results VALUES (?, ?)", (item_id, cache_key))
             if labels is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO labels (item_id, teacher, generation, attributes, "
@@ -306,6 +332,13 @@ class RunStore:
                     )
                     ids.append(int(cursor.lastrowid or 0))
             return ids
+
+    def has_result(self, item_id: str, cache_key: str) -> bool:
+        """Whether this item already holds what the answer under cache_key says."""
+        rows = self._query(
+            "SELECT 1 FROM results WHERE item_id=? AND cache_key=? LIMIT 1", (item_id, cache_key)
+        )
+        return bool(rows)
 
     def record_failure(
         self,
@@ -366,6 +399,19 @@ class RunStore:
             for r in rows
         ]
 
+    def set_boxes(self, item_id: str, source: str, boxes: list[Box]) -> None:
+        """Replace an item's boxes of one source (e.g. the fused boxes) in one transaction."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM boxes WHERE item_id=? AND source=?", (item_id, source))
+            conn.executemany(
+                "INSERT INTO boxes (item_id, image, x1, y1, x2, y2, label, source, score, "
+                "cache_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                [
+                    (item_id, b.image, b.x1, b.y1, b.x2, b.y2, b.label, source, b.score)
+                    for b in boxes
+                ],
+            )
+
     # crops
     def add_crop(self, crop: CropRow) -> None:
         """Record a crop file (ignored if this image already has a crop under this config)."""
@@ -407,6 +453,34 @@ class RunStore:
             )
             for r in self._query(sql + " ORDER BY image, id", params)
         ]
+
+    # Batch API jobs
+    def add_batch(
+        self, batch_id: str, teacher: str, input_file_id: str, requests: dict[str, str]
+    ) -> None:
+        """Record a created batch and its requests ({cache key: item id}) before waiting on it."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, 'open', ?, NULL)",
+                (batch_id, teacher, input_file_id, json.dumps(requests), time.time()),
+            )
+
+    def open_batches(self, teacher: str) -> list[dict[str, Any]]:
+        """A teacher's batches not collected yet (to resume after an interruption)."""
+        rows = self._query(
+            "SELECT batch_id, requests FROM batches WHERE teacher=? AND status='open' "
+            "ORDER BY created_at",
+            (teacher,),
+        )
+        return [{"batch_id": r["batch_id"], "requests": json.loads(r["requests"])} for r in rows]
+
+    def close_batch(self, batch_id: str, status: str) -> None:
+        """Mark a batch collected, with the status it ended in."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE batches SET status=?, closed_at=? WHERE batch_id=?",
+                (f"collected:{status}", time.time(), batch_id),
+            )
 
     # events
     def log_event(

@@ -1,0 +1,182 @@
+"""`croptune label` as a user runs it: a real server process, a killed run, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from toolkit.images import encode_jpeg, load_image
+from toolkit.store import RunStore
+
+ROOT = Path(__file__).parent.parent
+CROPTUNE = str(Path(sys.executable).parent / "croptune")
+SECRET = "sk-test-SECRET-f00dcafe1234"
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The fake OpenAI server as its own process (latency 150 ms, red-square boxes)."""
+    log = tmp_path / "server.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency-ms", "150",
+         "--script", "red-square-pixels", "--api-key", SECRET, "--log", str(log)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    port = int(process.stdout.readline().split()[1])
+    yield f"http://127.0.0.1:{port}/v1", log
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _catalog(folder: Path, n: int) -> Path:
+    """n one-photo items, each with its red square somewhere else (no two alike)."""
+    (folder / "img").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        array = np.full((120, 160, 3), (30, 60 + i, 120), dtype=np.uint8)
+        x, y = 5 + (i * 7) % 130, 5 + (i * 11) % 90
+        array[y : y + 20, x : x + 20] = (255, 0, 0)
+        Image.fromarray(array).save(folder / "img" / f"{i}.png")
+        lines.append(json.dumps({"item_id": f"I{i:02d}", "images": [f"img/{i}.png"], "title": f"t{i}"}))
+    (folder / "catalog.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "catalog.jsonl"
+
+
+def _config(path: Path, base_url: str, concurrency: int = 4) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "teachers": [
+                    {"name": "qwen", "role": "boxes", "base_url": base_url, "model": "qwen-test",
+                     "api_key_env": "CROPTUNE_TEST_KEY", "coords": "pixels",
+                     "max_concurrency": concurrency, "timeout_s": 10, "max_retries": 2},
+                ]
+            }
+        )  # fmt: skip
+    )
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CROPTUNE_TEST_KEY": SECRET}
+
+
+def _sent_hash(uri: str) -> str:
+    """The hash the server logs for an image: its RGB pixels as received (JPEG q90)."""
+    received = Image.open(io.BytesIO(encode_jpeg(load_image(uri).image, 90))).convert("RGB")
+    return hashlib.sha256(received.tobytes()).hexdigest()
+
+
+def _answered(run: Path) -> set[str]:
+    """Items whose boxes answer is stored, read without disturbing the writer."""
+    if not (run / "run.sqlite").exists():
+        return set()
+    conn = sqlite3.connect(f"file:{run / 'run.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT item_id FROM requests WHERE status='ok'").fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    conn.close()
+    return {r[0] for r in rows}
+
+
+def test_killed_label_run_resumes_and_never_asks_finished_work_again(tmp_path, server):
+    base_url, log = server
+    catalog = _catalog(tmp_path / "catalog", 40)
+    config = _config(tmp_path / "label.yaml", base_url)
+    run = tmp_path / "run"
+    command = [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run", str(run)]
+
+    first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_answered(run)) < 10 and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    first.wait()
+    finished_before_kill = _answered(run)
+    assert 10 <= len(finished_before_kill) < 40, "kill the run midway"
+
+    second = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+
+    with RunStore(run, create=False) as store:
+        uris = {item.item_id: store.images(item.item_id)[0].uri for item in store.items()}
+        for item_id in uris:
+            assert len(store.boxes(item_id)) == 1, item_id  # every item ends up labeled
+    asked: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        for image_hash in entry.get("images", []):
+            asked[image_hash] = asked.get(image_hash, 0) + 1
+    for item_id, uri in uris.items():
+        times = asked.get(_sent_hash(uri), 0)
+        if item_id in finished_before_kill:
+            assert times == 1, f"{item_id} was finished before the kill but asked {times} times"
+        else:
+            assert times in (1, 2), item_id  # at most once more: it was in flight at the kill
+    assert sum(asked.values()) - len(uris) <= 4  # re-asked: at most the requests in flight
+
+
+def test_api_key_never_reaches_the_run_folder_logs_or_exports(tmp_path, server):
+    base_url, _ = server
+    catalog = _catalog(tmp_path / "catalog", 3)
+    config = _config(tmp_path / "label.yaml", base_url)
+    run = tmp_path / "run"
+    outputs = []
+    for args in (
+        ["--verbose", "label", str(catalog), "--config", str(config), "--run", str(run)],
+        ["label", str(catalog), "--config", str(config), "--run", str(run), "--dry-run"],
+        ["labels", "export", "--run", str(run), "--format", "jsonl", "--out", str(tmp_path / "labels.jsonl")],
+    ):
+        result = subprocess.run([CROPTUNE, *args], env=_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        outputs += [result.stdout, result.stderr]
+    assert all(SECRET not in text for text in outputs)
+    files = [p for p in [*run.rglob("*"), tmp_path / "labels.jsonl"] if p.is_file()]
+    assert any(p.name == "run.sqlite" for p in files)
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), f"the key leaked into {path}"
+    exported = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [len(e["boxes"]) for e in exported] == [1, 1, 1]
+
+
+def test_wrong_key_stops_with_one_message_and_exit_1(tmp_path, server):
+    base_url, _ = server
+    catalog = _catalog(tmp_path / "catalog", 3)
+    config = _config(tmp_path / "label.yaml", base_url)
+    env = {**os.environ, "CROPTUNE_TEST_KEY": "sk-wrong"}
+    result = subprocess.run(
+        [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "teacher 'qwen' stopped: HTTP 401" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sk-wrong" not in result.stderr
+
+
+def test_missing_key_variable_fails_before_any_work(tmp_path, server):
+    base_url, log = server
+    catalog = _catalog(tmp_path / "catalog", 2)
+    config = _config(tmp_path / "label.yaml", base_url)
+    env = {k: v for k, v in os.environ.items() if k != "CROPTUNE_TEST_KEY"}
+    result = subprocess.run(
+        [CROPTUNE, "label", str(catalog), "--config", str(config), "--run", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "CROPTUNE_TEST_KEY is not set" in result.stderr
+    assert not log.exists() or log.read_text() == ""
