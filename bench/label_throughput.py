@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from teacher_labeling.conventions import sent_size  # noqa: E402
 from teacher_labeling.labeling import label_items  # noqa: E402
-from teacher_labeling.teachers import OpenAITeacher, TeacherConfig  # noqa: E402
+from teacher_labeling.teachers import EncodedImages, OpenAITeacher, TeacherConfig  # noqa: E402
 from toolkit.catalog import ingest_catalog, load_catalog  # noqa: E402
 from toolkit.images import encode_jpeg  # noqa: E402
 from toolkit.schema import load_schema  # noqa: E402
@@ -129,6 +129,7 @@ def croptune_engine(
         max_tokens=64,
     )  # fmt: skip
     teacher = OpenAITeacher(config, load_schema())
+    teacher._encoded = EncodedImages()  # a cold cache per run: earlier runs sent the same photos
     started = time.perf_counter()
     summary = label_items(store, [teacher])
     elapsed = time.perf_counter() - started

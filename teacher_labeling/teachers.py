@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,7 +297,7 @@ class OpenAITeacher(Teacher):
         super().__init__(config, schema)
         self._client = client
         self._engine: Any = None
-        self._encoded = EncodedImages()
+        self._encoded = ENCODED_IMAGES
 
     @property
     def engine(self) -> Any:
@@ -384,28 +385,42 @@ class OpenAITeacher(Teacher):
 
 
 class EncodedImages:
-    """JPEG data URLs by (pixel hash, size): each image is encoded once per size it is sent at."""
+    """JPEG data URLs by (pixel hash, size, quality), shared by all teachers of a process.
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    Each image is encoded once per size it is sent at; the oldest entries go first once
+    the cache holds max_bytes (items flow through once, so a small cache is enough).
+    """
+
+    def __init__(self, max_bytes: int = 256_000_000) -> None:
         self._cache: dict[tuple[str, tuple[int, int], int], str] = {}
-        self._max_entries = max_entries
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
         self.encoded = 0
 
     def data_url(self, image: Image.Image, image_hash: str, quality: int) -> str:
         """The data URL of an image as sent (hash of the original + the sent size is the key)."""
         key = (image_hash, image.size, quality)
-        url = self._cache.get(key)
-        if url is None:
-            import base64
+        with self._lock:
+            url = self._cache.get(key)
+        if url is not None:
+            return url
+        import base64
 
-            from toolkit.images import encode_jpeg
+        from toolkit.images import encode_jpeg
 
-            url = "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality)).decode()
-            if len(self._cache) >= self._max_entries:
-                self._cache.pop(next(iter(self._cache)))  # oldest first: items flow through once
-            self._cache[key] = url
+        url = "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality)).decode()
+        with self._lock:
             self.encoded += 1
+            self._cache[key] = url
+            self._bytes += len(url)
+            while self._bytes > self._max_bytes and len(self._cache) > 1:
+                oldest = next(iter(self._cache))
+                self._bytes -= len(self._cache.pop(oldest))
         return url
+
+
+ENCODED_IMAGES = EncodedImages()
 
 
 def build_teacher(config: TeacherConfig, schema: AttributeSchema) -> Teacher:

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # default (89 MP) only warns below twice its limit; croptune turns both into errors.
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_DOWNLOAD_BYTES = 50_000_000
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageLoadError(Exception):
@@ -93,7 +94,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             # Truncated files fail here (unless the user's process set Pillow's
             # LOAD_TRUNCATED_IMAGES), rather than being padded with grey.
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)  # (a copy: skipped when upright)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
