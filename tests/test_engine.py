@@ -122,7 +122,9 @@ def test_retries_429_with_retry_after_then_succeeds():
         # a reply slower than the timeout is retried, then fails as a timeout
         pytest.param(Reply(delay_s=1.0, content="late"), 1, "timed out", id="timeout"),
         # a 200 whose body is not JSON (a proxy's error page) is retried like a 5xx
-        pytest.param(Reply(body="<html>bad gateway</html>"), 1, "malformed response", id="not-json"),
+        pytest.param(
+            Reply(body="<html>bad gateway</html>"), 1, "malformed response", id="not-json"
+        ),
     ],
 )
 def test_retryable_failures_give_up_after_max_retries(fail, retries, message):
@@ -167,7 +169,10 @@ def test_a_200_without_choices_is_an_empty_answer_not_a_crash():
             return await _engine(server).complete(MESSAGES, 10)
 
         completion = asyncio.run(go())
-    assert completion.text == "" and completion.usage == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert completion.text == "" and completion.usage == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+    }
 
 
 def test_concurrency_limit_is_respected():

@@ -50,7 +50,9 @@ def _catalog(folder: Path, n: int) -> Path:
         x, y = 5 + (i * 7) % 130, 5 + (i * 11) % 90
         array[y : y + 20, x : x + 20] = (255, 0, 0)
         Image.fromarray(array).save(folder / "img" / f"{i}.png")
-        lines.append(json.dumps({"item_id": f"I{i:02d}", "images": [f"img/{i}.png"], "title": f"t{i}"}))
+        lines.append(
+            json.dumps({"item_id": f"I{i:02d}", "images": [f"img/{i}.png"], "title": f"t{i}"})
+        )
     (folder / "catalog.jsonl").write_text("\n".join(lines) + "\n")
     return folder / "catalog.jsonl"
 
@@ -60,9 +62,17 @@ def _config(path: Path, base_url: str, concurrency: int = 4) -> Path:
         yaml.safe_dump(
             {
                 "teachers": [
-                    {"name": "qwen", "role": "boxes", "base_url": base_url, "model": "qwen-test",
-                     "api_key_env": "CROPTUNE_TEST_KEY", "coords": "pixels",
-                     "max_concurrency": concurrency, "timeout_s": 10, "max_retries": 2},
+                    {
+                        "name": "qwen",
+                        "role": "boxes",
+                        "base_url": base_url,
+                        "model": "qwen-test",
+                        "api_key_env": "CROPTUNE_TEST_KEY",
+                        "coords": "pixels",
+                        "max_concurrency": concurrency,
+                        "timeout_s": 10,
+                        "max_retries": 2,
+                    },
                 ]
             }
         )  # fmt: skip
@@ -98,7 +108,16 @@ def test_killed_label_run_resumes_and_never_asks_finished_work_again(tmp_path, s
     catalog = _catalog(tmp_path / "catalog", 40)
     config = _config(tmp_path / "label.yaml", base_url)
     run = tmp_path / "run"
-    command = [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run", str(run)]
+    command = [
+        CROPTUNE,
+        "--no-progress",
+        "label",
+        str(catalog),
+        "--config",
+        str(config),
+        "--run",
+        str(run),
+    ]
 
     first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -139,9 +158,20 @@ def test_api_key_never_reaches_the_run_folder_logs_or_exports(tmp_path, server):
     for args in (
         ["--verbose", "label", str(catalog), "--config", str(config), "--run", str(run)],
         ["label", str(catalog), "--config", str(config), "--run", str(run), "--dry-run"],
-        ["labels", "export", "--run", str(run), "--format", "jsonl", "--out", str(tmp_path / "labels.jsonl")],
+        [
+            "labels",
+            "export",
+            "--run",
+            str(run),
+            "--format",
+            "jsonl",
+            "--out",
+            str(tmp_path / "labels.jsonl"),
+        ],
     ):
-        result = subprocess.run([CROPTUNE, *args], env=_env(), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [CROPTUNE, *args], env=_env(), capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         outputs += [result.stdout, result.stderr]
     assert all(SECRET not in text for text in outputs)

@@ -362,7 +362,9 @@ def test_relabel_sends_originals_and_crops_and_makes_the_final_labels(tmp_path):
         label_items(store, [_teacher(first, name="gpt", role="attributes")])
     assert store.final_attributes("I0") == {"attributes": {"name": "first"}}
     with FakeOpenAI(better) as second:
-        summary = label_items(store, [_teacher(second, name="gpt", role="attributes")], relabel=True)
+        summary = label_items(
+            store, [_teacher(second, name="gpt", role="attributes")], relabel=True
+        )
         (request,) = [r.body_json for r in second.requests]
         again = label_items(store, [_teacher(second, name="gpt", role="attributes")], relabel=True)
         assert len(second.requests) == 1  # a second relabel asks nothing
