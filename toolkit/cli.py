@@ -298,9 +298,15 @@ def labels_export(
 def report(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     out: Path | None = typer.Option(None, "--out", help="Default: RUN/report.html"),
+    page_size: int = typer.Option(50, "--page-size", min=1, help="Items per page of the page."),
 ) -> None:
     """Write a self-contained HTML page to review boxes, crops and labels."""
-    _not_built("report", "planned with the review page")
+    from toolkit.report import write_report
+    from toolkit.store import RunStore
+
+    with RunStore(run, create=False) as store:
+        path = write_report(store, out or run / "report.html", page_size=page_size)
+    typer.echo(f"review page written to {path}")
 
 
 @dataset_app.command("build")
