@@ -219,7 +219,8 @@ def _pending_requests(run: _LabelRun, item: ItemRow, relabel: bool) -> list[_Pen
 
 def _current_crops(store: RunStore, item_id: str) -> list[CropRow]:
     config_hash = store.get_meta("crop_config_hash")
-    return store.crops(item_id, config_hash) if config_hash else []
+    crops = store.crops(item_id, config_hash) if config_hash else []
+    return [c for c in crops if c.duplicate_of is None]  # pHash duplicates add nothing
 
 
 def _load_images(

@@ -124,3 +124,5 @@ def test_demo_command_prints_the_summary(tmp_path):
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["items labeled"].startswith("6 of 6")
     assert (tmp_path / "demo" / "bundle" / "croptune.yaml").is_file()
+    page = (tmp_path / "demo" / "run" / "report.html").read_text()
+    assert page.count('<section class="item"') == 6

@@ -216,15 +216,16 @@ def _exit_if_stopped(result: Any) -> None:
 def crop(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     config: Path | None = typer.Option(None, "--config", help="Crop config YAML."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Threads cutting crops."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the crop config."),
 ) -> None:
-    """Cut the smallest enclosing square of each image's boxes."""
+    """Cut targeted crops of each image's boxes (the paper's enclosing squares by default)."""
     from toolkit.config import load_stage_config
     from toolkit.crops import CropConfig
     from toolkit.pipeline import distribution, run_crop
 
     crop_config = load_stage_config(CropConfig, config, overrides or [])
-    summary = run_crop(run, crop_config, _State.progress)
+    summary = run_crop(run, crop_config, _State.progress, workers)
     for error in summary.errors:
         typer.echo(error, err=True)
 
@@ -232,14 +233,25 @@ def crop(
         d = distribution(values)
         return f"median {d['median']}, p90 {d['p90']}, max {d['max']}"
 
+    uncovered = str(summary.uncovered)
+    if summary.cut_by_budget:
+        uncovered += (
+            f" ({summary.cut_by_budget} only because the image budget of "
+            f"{crop_config.max_images_per_item} cut their crop)"
+        )
     _table(
-        f"croptune crop ({run})",
+        f"croptune crop ({run}, {crop_config.strategy})",
         [
             ("items", str(summary.items)),
             ("crops made (already there)", f"{summary.made} ({summary.existing})"),
             ("images per item, one crop per box", dist(summary.images_per_box_crop)),
             ("images per item, after", dist(summary.images_after)),
-            ("boxes not covered by a kept crop", str(summary.uncovered)),
+            (
+                "duplicates removed (pHash)",
+                f"{summary.duplicates} ({summary.duplicate_originals} photos, "
+                f"{summary.duplicate_crops} crops)",
+            ),
+            ("boxes not covered by a kept crop", uncovered),
         ],
     )
 

@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.catalog import load_ingested_image
-from toolkit.crops import budgeted_order
+from toolkit.crops import select_images
 from toolkit.errors import CroptuneError
 from toolkit.images import ImageLoadError, load_image
 from toolkit.schema import AttributeSchema, extraction_prompt, listing_text
@@ -274,16 +274,27 @@ def build_dataset(
 def _example_images(
     store: RunStore, item_id: str, config: DatasetConfig, crop_config_hash: str | None
 ) -> list[Image.Image]:
-    """The item's images for the strategy, under the budget: originals first, then crops."""
+    """The item's images for the strategy, without pHash duplicates, under the budget.
+
+    Budget priority: the main photo, then the crops, then the other photos. An original or
+    crop the crop stage marked as repeating another image used here is left out.
+    """
     rows = [r for r in store.images(item_id) if r.usable]
     crops = _latest_crops(store.crops(item_id), crop_config_hash)
     use_originals = config.strategy in ("originals", "originals+crops")
     use_crops = config.strategy in ("crops", "originals+crops")
     original_ids = [r.index for r in rows] if use_originals else []
-    crop_ids = list(range(len(crops))) if use_crops else []
     if config.strategy == "crops" and not crops:
         original_ids = [rows[0].index]  # an item without crops keeps its main photo
-    keep_originals, keep_crops = budgeted_order(original_ids, crop_ids, config.max_images_per_item)
+    crops = crops if use_crops else []
+    duplicates = (
+        {i: dup for i, (_, dup) in store.image_phashes(item_id, crop_config_hash).items()}
+        if crop_config_hash
+        else {}
+    )
+    keep_originals, keep_crops = select_images(
+        original_ids, crops, duplicates, config.max_images_per_item
+    )
     by_index = {r.index: r for r in rows}
     images = []
     for index in keep_originals:

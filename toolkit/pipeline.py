@@ -94,10 +94,12 @@ def _teachers(config: Any, check: bool = True) -> list[Any]:
     return teachers
 
 
-def run_crop(run_dir: Path, config: CropConfig, progress: bool = False) -> CropSummary:
+def run_crop(
+    run_dir: Path, config: CropConfig, progress: bool = False, workers: int = 1
+) -> CropSummary:
     """Cut the run's crops under a crop config."""
     with RunStore(run_dir, create=False) as store:
-        summary = crop_run(store, config, progress)
+        summary = crop_run(store, config, progress, workers)
     save_resolved_config(config, run_dir / "crops" / f"crop_config-{config.config_hash()}.yaml")
     return summary
 
@@ -141,6 +143,7 @@ class DemoSummary:
     json_valid: float | None = None
     adapter: Path | None = None
     bundle: Path | None = None
+    report: Path | None = None
     errors: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -165,6 +168,7 @@ class DemoSummary:
             ("train loss first -> last", loss),
             ("field F1 on test (micro)", "n/a" if self.f1 is None else f"{self.f1:.3f}"),
             ("JSON valid on test", "n/a" if self.json_valid is None else f"{self.json_valid:.2f}"),
+            ("review page", str(self.report)),
             ("adapter", str(self.adapter)),
             ("bundle", str(self.bundle)),
             ("time per stage (s)", ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())),
@@ -200,8 +204,11 @@ def run_demo(
     summary.errors = len(ingest.problems) + labels.failed
     with clock("crop"):
         crops = run_crop(run_dir, CropConfig(), progress)
-    with RunStore(run_dir, create=False) as store:
+    with RunStore(run_dir, create=False) as store, clock("report"):
+        from toolkit.report import write_report
+
         summary.labeled = sum(1 for item in store.items() if store.final_attributes(item.item_id))
+        summary.report = write_report(store, run_dir / "report.html")
     summary.boxes, summary.crops = crops.boxes, crops.made + crops.existing
     summary.images_before = distribution(crops.images_per_box_crop)
     summary.images_after = distribution(crops.images_after)

@@ -16,7 +16,7 @@ from toolkit.boxes import Box
 from toolkit.errors import CroptuneError
 
 # Bump when the tables change; add a migration step in _migrate for the old version.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_FILE = "run.sqlite"
 
 _TABLES = """
@@ -46,8 +46,11 @@ CREATE TABLE IF NOT EXISTS crops (
     id INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL, image INTEGER NOT NULL,
     x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL,
     path TEXT NOT NULL, sha256 TEXT NOT NULL, strategy TEXT NOT NULL, config_hash TEXT NOT NULL,
-    box_ids TEXT NOT NULL, created_at REAL NOT NULL,
-    UNIQUE (item_id, image, config_hash));
+    box_ids TEXT NOT NULL, created_at REAL NOT NULL, phash TEXT, duplicate_of TEXT,
+    UNIQUE (item_id, image, config_hash, x1, y1, x2, y2));
+CREATE TABLE IF NOT EXISTS image_phash (
+    item_id TEXT NOT NULL, idx INTEGER NOT NULL, config_hash TEXT NOT NULL, phash TEXT,
+    duplicate_of TEXT, PRIMARY KEY (item_id, idx, config_hash));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, stage TEXT NOT NULL,
     level TEXT NOT NULL, item_id TEXT, teacher TEXT, image INTEGER, message TEXT NOT NULL);
@@ -103,6 +106,10 @@ class CropRow:
     strategy: str
     config_hash: str
     box_ids: list[int]
+    phash: str | None = None  # 64-bit perceptual hash, hex (None: not computed)
+    # The image this crop repeats (pHash within the config's threshold): "image:<idx>" for an
+    # original, a crop's path for a crop. A duplicate stays on disk but is not used.
+    duplicate_of: str | None = None
 
 
 class RunStore:
@@ -155,6 +162,35 @@ class RunStore:
         version = int(row[0]) if row else SCHEMA_VERSION
         if version < 2:
             self._conn.execute("ALTER TABLE images ADD COLUMN file_stat TEXT")
+        if version < 3:
+            self._migrate_crops_v3()
+
+    def _migrate_crops_v3(self) -> None:
+        """v3: crops gain phash and duplicate_of, and an image may hold several crops per
+        config (clustered, per-box), so the unique key becomes (item, image, config, region).
+
+        SQLite cannot change a table's UNIQUE constraint in place: the table is rebuilt.
+        """
+        has_crops = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='crops'"
+        ).fetchone()
+        if not has_crops:
+            return
+        columns = [r[1] for r in self._conn.execute("PRAGMA table_info(crops)").fetchall()]
+        with self.transaction() as conn:
+            if "phash" not in columns:
+                conn.execute("ALTER TABLE crops ADD COLUMN phash TEXT")
+            if "duplicate_of" not in columns:
+                conn.execute("ALTER TABLE crops ADD COLUMN duplicate_of TEXT")
+            conn.execute("ALTER TABLE crops RENAME TO crops_v2")
+            crops_table = _TABLES[_TABLES.index("CREATE TABLE IF NOT EXISTS crops (") :]
+            conn.execute(crops_table[: crops_table.index(";")])
+            names = ", ".join(
+                ["id", "item_id", "image", "x1", "y1", "x2", "y2", "path", "sha256", "strategy",
+                 "config_hash", "box_ids", "created_at", "phash", "duplicate_of"]
+            )  # fmt: skip
+            conn.execute(f"INSERT INTO crops ({names}) SELECT {names} FROM crops_v2")  # noqa: S608
+            conn.execute("DROP TABLE crops_v2")
 
     def close(self) -> None:
         """Close the connection."""
@@ -414,12 +450,12 @@ class RunStore:
 
     # crops
     def add_crop(self, crop: CropRow) -> None:
-        """Record a crop file (ignored if this image already has a crop under this config)."""
+        """Record a crop file (ignored if this region already has a crop under this config)."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO crops (item_id, image, x1, y1, x2, y2, path, sha256, "
-                "strategy, config_hash, box_ids, created_at) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "strategy, config_hash, box_ids, created_at, phash, duplicate_of) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     crop.item_id,
                     crop.image,
@@ -430,8 +466,57 @@ class RunStore:
                     crop.config_hash,
                     json.dumps(crop.box_ids),
                     time.time(),
+                    crop.phash,
+                    crop.duplicate_of,
                 ),
             )
+
+    def set_crop_duplicate(
+        self,
+        item_id: str,
+        image: int,
+        config_hash: str,
+        duplicate_of: str | None,
+        region: tuple[int, int, int, int] | None = None,
+        phash: str | None = None,
+    ) -> None:
+        """Mark an item's crop(s) of one image and config as a duplicate (None: not one).
+
+        region picks one crop when the image has several; phash, when given, is stored too.
+        """
+        sql = "UPDATE crops SET duplicate_of=?, phash=COALESCE(?, phash) "
+        sql += "WHERE item_id=? AND image=? AND config_hash=?"
+        params: tuple[Any, ...] = (duplicate_of, phash, item_id, image, config_hash)
+        if region is not None:
+            sql += " AND x1=? AND y1=? AND x2=? AND y2=?"
+            params += tuple(region)
+        with self.transaction() as conn:
+            conn.execute(sql, params)
+
+    def set_image_phashes(
+        self, item_id: str, config_hash: str, phashes: dict[int, tuple[str | None, str | None]]
+    ) -> None:
+        """Record the pHash of an item's originals and which ones are duplicates, per config.
+
+        phashes maps image index -> (phash, duplicate_of), duplicate_of as in CropRow.
+        """
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO image_phash (item_id, idx, config_hash, phash, "
+                "duplicate_of) VALUES (?, ?, ?, ?, ?)",
+                [(item_id, idx, config_hash, ph, dup) for idx, (ph, dup) in phashes.items()],
+            )
+
+    def image_phashes(
+        self, item_id: str, config_hash: str
+    ) -> dict[int, tuple[str | None, str | None]]:
+        """An item's originals under a crop config: image index -> (phash, duplicate_of)."""
+        rows = self._query(
+            "SELECT idx, phash, duplicate_of FROM image_phash WHERE item_id=? AND config_hash=? "
+            "ORDER BY idx",
+            (item_id, config_hash),
+        )
+        return {r["idx"]: (r["phash"], r["duplicate_of"]) for r in rows}
 
     def crops(self, item_id: str, config_hash: str | None = None) -> list[CropRow]:
         """An item's crops, all or for one crop config."""
@@ -450,6 +535,8 @@ class RunStore:
                 strategy=r["strategy"],
                 config_hash=r["config_hash"],
                 box_ids=json.loads(r["box_ids"]),
+                phash=r["phash"],
+                duplicate_of=r["duplicate_of"],
             )
             for r in self._query(sql + " ORDER BY image, id", params)
         ]
