@@ -138,28 +138,29 @@ class RunStore:
             raise CroptuneError(f"{self.path} is not a readable croptune store: {exc}") from exc
         self.set_meta("schema_version", str(SCHEMA_VERSION))
 
-    def _check_version(self) -> None:
+    def _stored_version(self) -> int | None:
+        """The schema version the file was written with (None for a new, empty store)."""
         has_meta = self._conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
         ).fetchone()
         if not has_meta:
-            return
+            return None
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row and int(row[0]) > SCHEMA_VERSION:
+        return int(row[0]) if row else SCHEMA_VERSION
+
+    def _check_version(self) -> None:
+        version = self._stored_version()
+        if version is not None and version > SCHEMA_VERSION:
             raise CroptuneError(
-                f"{self.path} was written by a newer croptune (store schema v{row[0]}; this "
+                f"{self.path} was written by a newer croptune (store schema v{version}; this "
                 f"croptune reads up to v{SCHEMA_VERSION}). Upgrade croptune to open this run."
             )
 
     def _migrate(self) -> None:
         """Bring a store written by an older croptune up to SCHEMA_VERSION, in place."""
-        has_meta = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        if not has_meta:
+        version = self._stored_version()
+        if version is None:
             return
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        version = int(row[0]) if row else SCHEMA_VERSION
         if version < 2:
             self._conn.execute("ALTER TABLE images ADD COLUMN file_stat TEXT")
         if version < 3:
