@@ -83,3 +83,20 @@ def test_stage_config_errors_name_the_problem(tmp_path, text, overrides, message
     path.write_text(text)
     with pytest.raises(CroptuneError, match=message):
         load_stage_config(CropConfig, path, overrides)
+
+
+ACCELERATE = sorted((Path(__file__).parent.parent / "examples" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.mixed_precision == "bf16"
+    assert config.num_processes >= 2  # a multi-GPU example
+    assert f"--config_file examples/accelerate/{path.name}" in path.read_text()
+
+
+def test_accelerate_ships_ddp_fsdp_and_zero3():
+    assert {p.name for p in ACCELERATE} == {"ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"}

@@ -476,3 +476,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `python -m toolkit.cli`, as `accelerate launch -m` runs it
+    main()
