@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from teacher_labeling.cost import Price
+from teacher_labeling.cost import Price, Spend
 from teacher_labeling.labeling import (
     LabelSummary,
     _LabelRun,
@@ -50,15 +50,9 @@ def label_with_batches(
     others = [t for t in teachers if t not in batched]
     summary = label_items(store, others, limit, progress, prices) if others else LabelSummary()
     for teacher in batched:
-        summary.spend.setdefault(teacher.name, _spend())
+        summary.spend.setdefault(teacher.name, Spend())
         asyncio.run(_run_teacher(store, teacher, limit, prices or {}, summary, poll_interval_s))
     return summary
-
-
-def _spend() -> Any:
-    from teacher_labeling.cost import Spend
-
-    return Spend()
 
 
 async def _run_teacher(

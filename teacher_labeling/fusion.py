@@ -15,9 +15,9 @@ from typing import Literal, TypedDict
 import numpy as np
 
 from toolkit.boxes import Box
+from toolkit.crops import FUSED_SOURCE
 
 FusionPolicy = Literal["weighted", "union", "intersection"]
-FUSED_SOURCE = "fused"
 # sv.box_iou_batch returns float32: an IoU meant to equal the threshold may land a hair below.
 _IOU_EPS = 1e-6
 

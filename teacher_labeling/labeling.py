@@ -379,38 +379,36 @@ def _store_boxes(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, us
     run.summary.boxes += len(ids)
 
 
-def _fuse_item(run: _LabelRun, item: ItemRow, box_teachers: list[Teacher]) -> None:
-    """Replace the item's fused boxes with a fusion of its box teachers' current boxes."""
+def _fused(store: RunStore, item_id: str, names: list[str], fusion: FusionConfig) -> list[Any]:
+    """The item's box teachers' current boxes, fused per image (FusedBox results)."""
     from teacher_labeling.fusion import fuse_boxes
 
-    names = [t.name for t in box_teachers]
     by_image: dict[int, list[Box]] = {}
-    for _, box in run.store.boxes(item.item_id):
+    for _, box in store.boxes(item_id):
         if box.source in names:
             by_image.setdefault(box.image, []).append(box)
-    fused: list[Box] = []
-    for image in sorted(by_image):
-        for result in fuse_boxes(
-            by_image[image], names, run.fusion.iou_threshold, run.fusion.policy
-        ):
-            fused.append(result.box)
+    return [
+        result
+        for image in sorted(by_image)
+        for result in fuse_boxes(by_image[image], names, fusion.iou_threshold, fusion.policy)
+    ]
+
+
+def _fuse_item(run: _LabelRun, item: ItemRow, box_teachers: list[Teacher]) -> None:
+    """Replace the item's fused boxes with a fusion of its box teachers' current boxes."""
+    names = [t.name for t in box_teachers]
+    fused = [result.box for result in _fused(run.store, item.item_id, names, run.fusion)]
     run.store.set_boxes(item.item_id, FUSED_SOURCE, fused)
 
 
 def _agreement(store: RunStore, teachers: list[Teacher], fusion: FusionConfig) -> dict[str, Any]:
     """Agreement statistics of the box teachers over the whole run."""
-    from teacher_labeling.fusion import agreement_stats, fuse_boxes
+    from teacher_labeling.fusion import agreement_stats
 
     names = [t.name for t in teachers if t.does_boxes]
-    results = []
-    for item in store.items():
-        by_image: dict[int, list[Box]] = {}
-        for _, box in store.boxes(item.item_id):
-            if box.source in names:
-                by_image.setdefault(box.image, []).append(box)
-        for boxes in by_image.values():
-            results += fuse_boxes(boxes, names, fusion.iou_threshold, fusion.policy)
-    return agreement_stats(results)
+    return agreement_stats(
+        [result for item in store.items() for result in _fused(store, item.item_id, names, fusion)]
+    )
 
 
 @dataclass

@@ -17,8 +17,6 @@ import heapq
 import io
 import json
 import math
-import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -31,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.boxes import Box
 from toolkit.catalog import load_ingested_image
+from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError, load_image, pixel_hash
 from toolkit.store import CropRow, ImageRow, RunStore
 
@@ -583,9 +582,8 @@ def _write_once(target: Path, data: bytes) -> None:
     """Write a content-addressed file unless present; never leaves half a file under its name."""
     if target.exists():
         return
-    partial = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)  # a killed run never leaves half a crop under its final name
+    with atomic_write(target, "wb") as handle:
+        handle.write(data)
 
 
 @dataclass

@@ -7,7 +7,6 @@ any viewer or trainer, whatever orientation the source files carried.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -21,6 +20,7 @@ from typing import Any
 
 from toolkit.boxes import Box
 from toolkit.errors import CroptuneError
+from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError, encode_jpeg, load_image
 from toolkit.store import RunStore
 
@@ -62,21 +62,12 @@ def _box_dict(box: Box) -> dict[str, Any]:
 
 def export_labels_jsonl(store: RunStore, out: Path) -> int:
     """Write one JSON line per item (DESIGN's label export); returns the number of items."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     count = 0
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            for item in store.items():
-                record = label_record(store, item.item_id)
-                handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-                count += 1
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(Path(out)) as handle:
+        for item in store.items():
+            record = label_record(store, item.item_id)
+            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+            count += 1
     return count
 
 

@@ -23,7 +23,6 @@ Flags of an item (``data-flags``), the rule each follows:
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from toolkit.boxes import Box
 from toolkit.crops import FUSED_SOURCE
+from toolkit.files import atomic_write
 from toolkit.metrics import normalise
 from toolkit.store import CropRow, ImageRow, ItemRow, RunStore
 
@@ -123,17 +123,9 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
         "run_errors": [e for e in store.errors() if e["item_id"] is None],
         "items": _ordered_map(renderer.render, items, workers=min(8, os.cpu_count() or 1)),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            for chunk in env.get_template(TEMPLATE).generate(**context):
-                handle.write(chunk)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(out) as handle:
+        for chunk in env.get_template(TEMPLATE).generate(**context):
+            handle.write(chunk)
     return out
 
 

@@ -1,0 +1,30 @@
+"""Files written whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A handle on a temporary sibling of path, renamed onto path only if the block succeeds.
+
+    A killed or failing writer never leaves half a file under the final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # pid and thread id: several processes or worker threads may write the same target.
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{threading.get_ident()}")
+    text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+    try:
+        with open(tmp, mode, **text) as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
