@@ -1,4 +1,4 @@
-"""Student presets and the tiny offline Gemma 3 student used by tests and demos."""
+"""Student presets, the per-family LoRA target table, and the tiny offline students."""
 
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from toolkit.errors import CroptuneError
 
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "croptune:tiny"
-# Bump when the tiny builder changes what it writes: cached builds are keyed by it.
-TINY_BUILDER_VERSION = 1
+TINY_QWEN_MODEL = "croptune:tiny-qwen"
+# Bump when a tiny builder changes what it writes: cached builds are keyed by it.
+TINY_BUILDER_VERSION = 3
 _COMPLETE_MARKER = ".croptune-complete"
 
 # The Gemma 3 special tokens the processor and chat template rely on, in vocabulary order.
@@ -44,21 +47,89 @@ _TINY_IMAGE_SIZE = 112
 _TINY_IMAGE_TOKENS = 16
 
 
+Family = Literal["gemma3", "qwen2_5_vl"]
+# Qwen2.5-VL: 14 px patches merged 2x2, so one image token per 28x28 pixels.
+QWEN_PIXELS_PER_TOKEN = 28 * 28
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """Where LoRA goes for one part of a model: a module-name regex and/or bare parameters."""
+
+    modules: str | None = None  # peft target_modules regex (re.fullmatch on module names)
+    parameters: tuple[str, ...] = ()  # peft target_parameters: weights that are not in a Linear
+
+
+_LANGUAGE_LAYERS = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
+# The single source of truth for LoRA placement, per family and part of the model. Each regex was
+# checked against named_modules() of the tiny builds of the real config classes
+# (tests/test_students_qwen.py re-checks them). Plain names like "q_proj" or "all-linear" also
+# hit the vision tower, whose LoRA weights vLLM ignores unless the server runs with
+# --enable-tower-connector-lora: the default ("language") stays on the language model.
+LORA_TARGETS: dict[str, dict[str, LoraTarget]] = {
+    "gemma3": {
+        # Attention and MLP projections of the decoder; not lm_head, not the embeddings.
+        "language": LoraTarget(modules=_LANGUAGE_LAYERS),
+        # SigLIP encoder layers; the patch embedding is a Conv2d and stays frozen. transformers 5
+        # loads the checkpoints' vision_tower.vision_model.* as model.vision_tower.*; the
+        # optional group keeps the regex valid for the older nesting.
+        "vision": LoraTarget(
+            modules=r"model\.vision_tower\.(vision_model\.)?encoder\.layers\.\d+\."
+            r"(self_attn\.(q|k|v|out)_proj|mlp\.fc(1|2))"
+        ),
+        # Gemma 3's projector is a bare nn.Parameter (x @ W after pooling), not a Linear.
+        "projector": LoraTarget(
+            parameters=("model.multi_modal_projector.mm_input_projection_weight",)
+        ),
+    },
+    "qwen2_5_vl": {
+        "language": LoraTarget(modules=_LANGUAGE_LAYERS),
+        # ViT blocks (fused qkv); the patch embedding is a Conv3d and stays frozen.
+        "vision": LoraTarget(
+            modules=r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)"
+        ),
+        # The patch merger's 2-layer MLP (Linear, GELU, Linear) into the language model.
+        "projector": LoraTarget(modules=r"model\.visual\.merger\.mlp\.(0|2)"),
+    },
+}
+
+
 class StudentPreset(BaseModel):
     """A student model and the settings that go with it (one YAML file in finetune/presets)."""
 
     name: str = Field(description="Preset name: the YAML file name without its extension")
     model: str = Field(
-        description="Hub id or local path of the base model; 'croptune:tiny' = the offline tiny one"
+        description="Hub id or local path of the base model; 'croptune:tiny' and "
+        "'croptune:tiny-qwen' = the offline tiny ones"
     )
-    family: Literal["gemma3"] = Field(
-        "gemma3", description="Model family: decides the chat template and the LoRA target layout"
+    family: Family = Field(
+        "gemma3",
+        description="Model family: decides the chat template, the image budget and where LoRA goes",
     )
     image_tokens: int = Field(
-        description="Soft tokens per image in the prompt (Gemma 3: 256 whatever the image size)",
+        description="Image tokens per image in the prompt. Gemma 3: exactly 256 whatever the "
+        "image size. Qwen2.5-VL: one per 28x28 pixels after resizing, so this is the MOST per "
+        "image, reached at max_pixels (= max_pixels / 784); smaller crops cost fewer",
         gt=0,
     )
-    image_size: int = Field(description="Side in pixels of the square the vision tower sees", gt=0)
+    image_size: int = Field(
+        description="Gemma 3: side in pixels of the square the vision tower sees. Qwen2.5-VL: "
+        "side of a square photo at max_pixels (bigger photos are scaled down to that area)",
+        gt=0,
+    )
+    min_pixels: int | None = Field(
+        None,
+        description="Qwen2.5-VL only: smaller images are scaled up to this many pixels",
+        ge=QWEN_PIXELS_PER_TOKEN,
+    )
+    max_pixels: int | None = Field(
+        None,
+        description="Qwen2.5-VL only: bigger images are scaled down to this many pixels; with "
+        "the image count it sets the sequence length and so the training memory",
+        ge=QWEN_PIXELS_PER_TOKEN,
+    )
     torch_dtype: Literal["float32", "bfloat16"] = Field(
         "bfloat16", description="Weight dtype for training and inference"
     )
@@ -67,6 +138,38 @@ class StudentPreset(BaseModel):
         description="Attention kernel: 'eager' as Gemma 3 guides train it; 'sdpa' is faster on GPUs",
     )
     notes: str = Field("", description="Free text: memory needs, caveats")
+
+    @model_validator(mode="after")
+    def _pixel_budget_fits_the_family(self) -> StudentPreset:
+        pixels = (self.min_pixels, self.max_pixels)
+        if self.family == "gemma3":
+            if pixels != (None, None):
+                raise ValueError("min_pixels/max_pixels apply to qwen2_5_vl only (Gemma 3 resizes)")
+            return self
+        if None in pixels:
+            raise ValueError("a qwen2_5_vl preset needs min_pixels and max_pixels")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        most = self.max_pixels // QWEN_PIXELS_PER_TOKEN
+        if self.image_tokens != most:
+            raise ValueError(
+                f"image_tokens must be max_pixels / 784 = {most} for qwen2_5_vl, "
+                f"not {self.image_tokens}"
+            )
+        return self
+
+
+def lora_targets(family: str, parts: list[str] | tuple[str, ...]) -> tuple[str, list[str]]:
+    """The peft target_modules regex and target_parameters for these parts of a family."""
+    table = LORA_TARGETS[family]
+    unknown = [part for part in parts if part not in table]
+    if unknown:
+        raise CroptuneError(f"unknown LoRA part(s) {unknown} for {family}; known: {list(table)}")
+    targets = [table[part] for part in parts]
+    regexes = [t.modules for t in targets if t.modules]
+    # One alternation of the parts' regexes; fullmatch needs a whole name to match one of them.
+    modules = regexes[0] if len(regexes) == 1 else "|".join(f"(?:{r})" for r in regexes)
+    return modules, [name for t in targets for name in t.parameters]
 
 
 def _presets_dir() -> resources.abc.Traversable:
@@ -101,18 +204,43 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CROPTUNE_CACHE") or Path.home() / ".cache" / "croptune")
 
 
+@dataclass(frozen=True)
+class _TinyStudent:
+    folder: str  # cache folder name prefix
+    build: Callable[[Path, int], Path]
+    corpus: Callable[[], list[str]]  # the tokenizer's training lines: part of the cache key
+
+
+def _tiny_students() -> dict[str, _TinyStudent]:
+    return {
+        TINY_MODEL: _TinyStudent("tiny-gemma3", build_tiny_gemma3, _corpus_lines),
+        TINY_QWEN_MODEL: _TinyStudent("tiny-qwen25vl", build_tiny_qwen25vl, _qwen_corpus_lines),
+    }
+
+
 def resolve_student(model: str, cache_dir: Path | None = None) -> str:
-    """A loadable model path or hub id; builds the tiny student once for 'croptune:tiny'."""
-    if model != TINY_MODEL:
+    """A loadable model path or hub id; builds a tiny student once for 'croptune:tiny[-qwen]'."""
+    tiny = _tiny_students().get(model)
+    if tiny is None:
+        if model.startswith("croptune:"):
+            raise CroptuneError(
+                f"unknown built-in student {model!r}; choose one of: {', '.join(_tiny_students())}"
+            )
         return model
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache_dir / "students" / f"tiny-gemma3-v{TINY_BUILDER_VERSION}-{_corpus_digest()}"
+    digest = hashlib.sha256("\n".join(tiny.corpus()).encode()).hexdigest()[:10]
+    target = cache_dir / "students" / f"{tiny.folder}-v{TINY_BUILDER_VERSION}-{digest}"
+    return str(_build_once(target, tiny.build))
+
+
+def _build_once(target: Path, build: Callable[[Path, int], Path]) -> Path:
+    """target, built by build(folder, seed=0) unless a complete build is already there."""
     if (target / _COMPLETE_MARKER).is_file():
-        return str(target)
+        return target
     # Build beside the target and rename, so a crash never leaves a folder that looks usable.
     staging = target.with_name(f"{target.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    build_tiny_gemma3(staging, seed=0)
+    build(staging, 0)
     (staging / _COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     try:
@@ -122,7 +250,7 @@ def resolve_student(model: str, cache_dir: Path | None = None) -> str:
         shutil.rmtree(staging, ignore_errors=True)
         if not (target / _COMPLETE_MARKER).is_file():
             raise
-    return str(target)
+    return target
 
 
 def _corpus_lines() -> list[str]:
@@ -162,10 +290,6 @@ def _corpus_lines() -> list[str]:
     return lines
 
 
-def _corpus_digest() -> str:
-    return hashlib.sha256("\n".join(_corpus_lines()).encode()).hexdigest()[:10]
-
-
 def _train_tiny_bpe(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocab and merges of a ~1k BPE trained like Gemma's (spaces as '▁', byte fallback)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -186,7 +310,7 @@ def _train_tiny_bpe(lines: list[str]) -> tuple[dict[str, int], list[tuple[str, s
     return state["vocab"], [tuple(m) for m in state["merges"]]
 
 
-def _build_tiny_processor() -> object:
+def _tiny_gemma3_processor() -> object:
     from transformers import Gemma3ImageProcessor, Gemma3Processor, GemmaTokenizer
     from trl.chat_template_utils import gemma3_chat_template
 
@@ -217,7 +341,7 @@ def _build_tiny_processor() -> object:
     )
 
 
-def _build_tiny_model(tokenizer: object, seed: int) -> object:
+def _tiny_gemma3_model(tokenizer: object, seed: int) -> object:
     import torch
     from transformers import (
         Gemma3Config,
@@ -263,6 +387,16 @@ def _build_tiny_model(tokenizer: object, seed: int) -> object:
     )
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).eval()
+    # At the default std 0.02 the tied embeddings cap every logit near +-1.3, so no LoRA on
+    # the decoder can lower the loss much below ln(vocab); trained Gemma embeddings are far
+    # larger. x10 lets the tiny student's LoRA learn (tests/test_train_options.py's toy).
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10.0)
+        # transformers initialises the projector weight to zeros (checkpoints overwrite it):
+        # left so, every image feature is 0, images cannot change the answer and vision-tower
+        # LoRA gets no gradient. Random like the other weights, images reach the decoder.
+        projector = model.model.multi_modal_projector.mm_input_projection_weight
+        projector.normal_(std=config.text_config.initializer_range)
     # Stop at <end_of_turn> like the real Gemma 3 instruct models.
     model.generation_config.eos_token_id = [ids("<eos>"), ids("<end_of_turn>")]
     model.generation_config.pad_token_id = ids("<pad>")
@@ -274,11 +408,194 @@ def build_tiny_gemma3(out_dir: Path, seed: int = 0) -> Path:
     """Build a tiny real-architecture Gemma 3 student offline and save model + processor."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    processor = _build_tiny_processor()
-    model = _build_tiny_model(processor.tokenizer, seed)
+    processor = _tiny_gemma3_processor()
+    model = _tiny_gemma3_model(processor.tokenizer, seed)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     logger.info("built tiny Gemma 3 student in %s", out_dir)
+    return out_dir
+
+
+# Qwen2.5-VL's special tokens, in the order of the real vocabulary (151643...).
+_QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# 56x56..112x112 pixels: 4..16 image tokens per image (one per 28x28 pixels).
+_TINY_QWEN_MIN_PIXELS = 56 * 56
+_TINY_QWEN_MAX_PIXELS = 112 * 112
+
+
+def _qwen_corpus_lines() -> list[str]:
+    """The Gemma corpus without its turn markers, plus Qwen chat words and box answers."""
+    rng = random.Random(0)
+    lines = [line for line in _corpus_lines() if not line.startswith("<")]
+    lines += [
+        "You are a helpful assistant.",
+        "system",
+        "user",
+        "assistant",
+        "Locate every region of this product photo that holds printed text or numbers.",
+        "Answer with a JSON list of objects with keys bbox_2d and label.",
+    ]
+    labels = ["barcode", "model number", "serial", "CE mark", "warning", "ingredients", "label"]
+    for _ in range(200):
+        x1, y1 = rng.randint(0, 400), rng.randint(0, 400)
+        box = [x1, y1, x1 + rng.randint(5, 200), y1 + rng.randint(5, 200)]
+        lines.append(json.dumps([{"bbox_2d": box, "label": rng.choice(labels)}]))
+    return lines
+
+
+def _tiny_qwen_tokenizer() -> object:
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    # Trained with the exact normaliser and pre-tokeniser Qwen2Tokenizer rebuilds around it.
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_TINY_VOCAB_SIZE,
+        special_tokens=_QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_qwen_corpus_lines(), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=[tuple(m) for m in state["merges"]],
+        eos_token="<|im_end|>",  # as the Instruct checkpoints: generation stops at the turn end
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+        padding_side="left",
+    )
+    # As in the real tokenizer.json: every <|...|> token is an added special token, matched
+    # whole before BPE (Qwen2Tokenizer registers only the named ones, not <|im_start|>).
+    tokenizer.add_tokens([AddedToken(token, special=True) for token in _QWEN_SPECIAL_TOKENS])
+    return tokenizer
+
+
+def build_tiny_qwen25vl(out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny real-architecture Qwen2.5-VL offline and save model + processor."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLVisionConfig,
+    )
+    from trl.chat_template_utils import qwen2_5_vl_chat_template
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_qwen_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            min_pixels=_TINY_QWEN_MIN_PIXELS, max_pixels=_TINY_QWEN_MAX_PIXELS
+        ),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),  # required by the processor class, unused here
+        # The Instruct checkpoints' own template, verbatim (TRL ships it).
+        chat_template=qwen2_5_vl_chat_template,
+    )
+    text_config = Qwen2_5_VLTextConfig(
+        vocab_size=_TINY_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=4096,
+        # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width).
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+    vision_config = Qwen2_5_VLVisionConfig(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        out_hidden_size=64,
+        fullatt_block_indexes=[1],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text_config.to_dict(),
+        vision_config=vision_config.to_dict(),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    # As for the tiny Gemma: at std 0.02 the (untied) lm_head caps every logit near +-1.3,
+    # so no decoder LoRA could lower the loss much below ln(vocab). x10 lets it learn.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10.0)
+    model.generation_config = GenerationConfig(
+        # Stop at <|im_end|> like the real Instruct models.
+        eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
+        pad_token_id=ids("<|endoftext|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        # The real checkpoints' sampling defaults: greedy callers must override them.
+        do_sample=True,
+        temperature=0.1,
+        top_p=0.001,
+        top_k=1,
+        repetition_penalty=1.05,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    logger.info("built tiny Qwen2.5-VL student in %s", out_dir)
     return out_dir
 
 

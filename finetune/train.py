@@ -8,22 +8,29 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from finetune.students import LORA_TARGETS, lora_targets
 from toolkit.dataset import dataset_features, example_row  # noqa: F401 - one row shape, re-exported
 from toolkit.errors import CroptuneError
 
 logger = logging.getLogger(__name__)
 
-# The language model's attention and MLP projections only. Plain names like "q_proj" (or
-# "all-linear") also match SigLIP's layers, whose LoRA weights vLLM ignores unless the
-# server runs with --enable-tower-connector-lora; the projector is a bare Parameter anyway.
-LANGUAGE_MODEL_LORA_TARGET = (
-    r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-)
+# The language model's attention and MLP projections only (the default LoRA target); the
+# per-family table of finetune.students is its source.
+LANGUAGE_MODEL_LORA_TARGET = LORA_TARGETS["gemma3"]["language"].modules
+# What `adapt` may name: the language model always, plus the vision tower and/or projector.
+Adapt = Literal["language", "language+vision", "language+projector", "language+vision+projector"]
 # Ranks vLLM accepts for LoRA adapters (vllm.config.lora.LoRAConfig.max_lora_rank choices).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -71,14 +78,59 @@ class TrainConfig(BaseModel):
         True, description="Recompute activations in backward: less memory, ~30% slower"
     )
     report_to: str | list[str] = Field(
-        "none", description="Experiment trackers for the HF Trainer ('none', 'tensorboard', ...)"
+        "none",
+        description="Experiment trackers: 'none', 'tensorboard' (to OUTPUT_DIR/runs), 'wandb', "
+        "or a list; each must be installed",
+    )
+    save_steps: int = Field(
+        100,
+        description="Write a resumable checkpoint (adapter, optimizer, scheduler, RNG) every N steps",
+        ge=1,
+    )
+    save_total_limit: int | None = Field(
+        2, description="Keep only the newest N checkpoints; None keeps all", ge=1
+    )
+    resume_from_checkpoint: bool | Path = Field(
+        False,
+        description="Continue an interrupted run: true = newest checkpoint in output_dir, or a "
+        "checkpoint folder (`croptune train --resume`)",
+    )
+    eval_on_start: bool = Field(
+        False, description="Also evaluate before the first step: a baseline validation loss"
+    )
+    qlora: bool = Field(
+        False,
+        description="Load the base in 4-bit NF4 (bitsandbytes, pip extra 'qlora') and train LoRA "
+        "on top: ~1/4 of the bf16 weight memory, somewhat slower",
+    )
+    pan_and_scan: bool = Field(
+        False,
+        description="Gemma 3 only: add up to pan_and_scan_max_crops crops of wide or tall photos "
+        "(more image tokens); croptune's targeted crops usually do this job better",
+    )
+    pan_and_scan_max_crops: int = Field(
+        4, description="Gemma 3 pan & scan: crops per image at most", ge=1
+    )
+    image_min_pixels: int | None = Field(
+        None, description="Qwen2.5-VL only: fewest pixels an image is resized to (processor)", ge=1
+    )
+    image_max_pixels: int | None = Field(
+        None,
+        description="Qwen2.5-VL only: most pixels an image is resized to; image tokens = pixels / 784",
+        ge=1,
     )
     lora_r: int = Field(8, description=f"LoRA rank; vLLM serves only {list(VLLM_LORA_RANKS)}")
     lora_alpha: int = Field(16, description="LoRA scaling numerator (scale = alpha / r)", gt=0)
     lora_dropout: float = Field(0.05, description="Dropout on the LoRA input", ge=0, lt=1)
-    lora_target: str | list[str] = Field(
-        LANGUAGE_MODEL_LORA_TARGET,
-        description="peft target_modules: a regex (full match) or a list of module name suffixes",
+    adapt: Adapt = Field(
+        "language",
+        description="Where LoRA goes: the language model (vLLM serves it as is), plus the vision "
+        "tower and/or the projector (vLLM applies those only with --enable-tower-connector-lora)",
+    )
+    lora_target: str | list[str] | None = Field(
+        None,
+        description="Explicit peft target_modules (a full-match regex or module name suffixes), "
+        "instead of adapt; None = the preset family's layers for adapt",
     )
     sft_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra trl.SFTConfig arguments, passed through as is"
@@ -91,6 +143,13 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"lora_r={value} cannot be served by vLLM; choose one of {list(VLLM_LORA_RANKS)}"
             )
+        return value
+
+    @field_validator("lora_target")
+    @classmethod
+    def _one_way_to_target(cls, value: str | list[str] | None, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("adapt", "language") != "language":
+            raise ValueError("set either adapt or lora_target, not both")
         return value
 
     @field_validator("sft_args")
@@ -249,11 +308,14 @@ def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool, progress: b
         "logging_first_step": True,  # a first loss to compare the last one with
         "eval_strategy": "steps" if eval_enabled else "no",
         "eval_steps": config.eval_steps if eval_enabled else None,
+        "eval_on_start": config.eval_on_start and eval_enabled,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
         "seed": config.seed,
         "bf16": bf16,
         # The new name; setting the deprecated gradient_checkpointing alias only adds a warning.
         "activation_checkpointing": config.gradient_checkpointing,
-        "report_to": config.report_to,
         "disable_tqdm": not progress,
         # Pinning is a no-op on CPU and only adds a warning there.
         "dataloader_pin_memory": torch.cuda.is_available(),
@@ -266,6 +328,7 @@ def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool, progress: b
         args["use_cpu"] = (
             True  # transformers refuses bf16 without a GPU unless told it is a CPU run
         )
+    args["report_to"] = check_trackers(config.report_to)
     args.update(config.sft_args)
     try:
         return SFTConfig(**args)
@@ -273,15 +336,96 @@ def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool, progress: b
         raise CroptuneError(f"invalid training arguments (check sft_args): {exc}") from exc
 
 
-def _lora_config(config: TrainConfig) -> Any:
+# Trackers the Trainer knows, and the module each one needs.
+_TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "trackio": "trackio",
+    "comet_ml": "comet_ml",
+}
+
+
+def check_trackers(report_to: str | list[str]) -> list[str]:
+    """The trackers to report to, each checked to be known and installed."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [name for name in names if name != "none"]
+    for name in names:
+        module = _TRACKER_MODULES.get(name)
+        if module is None:
+            raise CroptuneError(
+                f"report_to {name!r} is not a known tracker; use 'none' or some of "
+                f"{sorted(_TRACKER_MODULES)}"
+            )
+        if importlib.util.find_spec(module) is None:
+            raise CroptuneError(
+                f"report_to {name!r} needs the {module!r} package: pip install {module}"
+            )
+    return names or ["none"]
+
+
+def resolve_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint folder to resume from, or None for a fresh run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = config.resume_from_checkpoint
+    output_dir = Path(config.output_dir)
+    if wanted is False:
+        if output_dir.is_dir() and get_last_checkpoint(str(output_dir)):
+            logger.warning(
+                "%s already holds checkpoints; this run starts afresh "
+                "(use --resume to continue from the newest)",
+                output_dir,
+            )
+        return None
+    if wanted is True:
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise CroptuneError(
+                f"nothing to resume: {output_dir} has no checkpoint-N folder "
+                f"(checkpoints are written every save_steps={config.save_steps} steps)"
+            )
+        return last
+    folder = Path(wanted)
+    if not (folder / "trainer_state.json").is_file():
+        raise CroptuneError(f"{folder} is not a training checkpoint (no trainer_state.json)")
+    return str(folder)
+
+
+def lora_target_of(config: TrainConfig, family: str) -> tuple[str | list[str], list[str]]:
+    """(peft target_modules, target_parameters) for the config's adapt on this model family."""
+    if config.lora_target is not None:
+        return config.lora_target, []
+    return lora_targets(family, config.adapt.split("+"))
+
+
+def _lora_config(config: TrainConfig, family: str) -> Any:
     from peft import LoraConfig
 
+    target_modules, target_parameters = lora_target_of(config, family)
+    if target_parameters and config.lora_dropout:
+        raise CroptuneError(
+            f"adapt={config.adapt} on a {family} student puts LoRA on bare parameters "
+            f"({', '.join(target_parameters)}), which peft supports only without dropout; "
+            f"set lora_dropout=0 (it is {config.lora_dropout})"
+        )
+    if config.lora_target is None and config.adapt != "language":
+        logger.warning(
+            "adapt=%s: vLLM ignores the vision tower and projector LoRA weights unless served "
+            "with --enable-tower-connector-lora, and may refuse them for some models; "
+            "transformers (croptune evaluate) applies them",
+            config.adapt,
+        )
     # Only what vLLM can serve: no bias, no modules_to_save, no DoRA, default init.
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target,
+        target_modules=target_modules,
+        # Bare nn.Parameters (Gemma 3's projector) that LoRA reaches only this way.
+        target_parameters=target_parameters or None,
         bias="none",
         modules_to_save=None,
         use_dora=False,
@@ -312,7 +456,37 @@ def _log_callback() -> Any:
     return LogCallback()
 
 
-def _load_base(model_path: str, bf16: bool, attn_implementation: str) -> tuple[Any, Any]:
+def _quantization(config: TrainConfig, bf16: bool) -> Any:
+    """bitsandbytes 4-bit NF4 settings for QLoRA, or None."""
+    if not config.qlora:
+        return None
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise CroptuneError("qlora: true needs bitsandbytes: pip install 'croptune[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # the QLoRA paper's data type for normally distributed weights
+        bnb_4bit_use_double_quant=True,  # quantise the scales too: ~0.4 bit/param saved
+        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+        # The vision tower and projector stay in full precision: small, and sensitive.
+        # Prefixes of module names (transformers matches them from the start).
+        llm_int8_skip_modules=[
+            "model.vision_tower",
+            "model.visual",
+            "model.multi_modal_projector",
+            "lm_head",
+        ],
+    )
+
+
+def _load_base(
+    model_path: str, bf16: bool, attn_implementation: str, quantization: Any = None
+) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -322,10 +496,77 @@ def _load_base(model_path: str, bf16: bool, attn_implementation: str) -> tuple[A
             model_path,
             dtype=torch.bfloat16 if bf16 else torch.float32,
             attn_implementation=attn_implementation,
+            quantization_config=quantization,
         )
     except OSError as exc:
         raise CroptuneError(f"cannot load student model {model_path!r}: {exc}") from exc
     return model, processor
+
+
+def apply_image_options(processor: Any, config: TrainConfig, preset: Any = None) -> None:
+    """Set pan & scan (Gemma 3) or the pixel budget (Qwen2.5-VL) on the student's processor.
+
+    The config's image_min/max_pixels win over the preset's min/max_pixels.
+    """
+    image_processor = processor.image_processor
+    kind = type(image_processor).__name__
+    if config.pan_and_scan:
+        if not hasattr(image_processor, "do_pan_and_scan"):
+            raise CroptuneError(f"pan_and_scan is a Gemma 3 option; this student uses {kind}")
+        image_processor.do_pan_and_scan = True
+        image_processor.pan_and_scan_max_num_crops = config.pan_and_scan_max_crops
+    pixels = {
+        "shortest_edge": config.image_min_pixels or getattr(preset, "min_pixels", None),
+        "longest_edge": config.image_max_pixels or getattr(preset, "max_pixels", None),
+    }
+    if any(value is not None for value in pixels.values()):
+        # Qwen2-VL-style processors keep their pixel budget as size.shortest/longest_edge.
+        size = getattr(image_processor, "size", None)
+        if getattr(size, "longest_edge", None) is None or not hasattr(
+            image_processor, "merge_size"
+        ):
+            raise CroptuneError(
+                f"image_min_pixels/image_max_pixels are Qwen2.5-VL options; this student uses {kind}"
+            )
+        for key, value in pixels.items():
+            if value is not None:
+                setattr(size, key, value)  # saved with the processor next to the adapter
+        if size.shortest_edge > size.longest_edge:
+            raise CroptuneError(
+                f"image_min_pixels {size.shortest_edge} exceeds image_max_pixels {size.longest_edge}"
+            )
+
+
+def image_processor_kwargs(processor: Any) -> dict[str, Any]:
+    """Per-call image options a saved processor needs (Gemma 3's pan & scan), else {}.
+
+    Gemma3Processor's call defaults say do_pan_and_scan=False and beat the image
+    processor's own setting, so the option must travel with every call (training collator,
+    inference; vLLM: --mm-processor-kwargs).
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if not getattr(image_processor, "do_pan_and_scan", False):
+        return {}
+    return {
+        "do_pan_and_scan": True,
+        "pan_and_scan_max_num_crops": image_processor.pan_and_scan_max_num_crops,
+    }
+
+
+class _ProcessorWithImageKwargs:
+    """A processor whose calls with images carry fixed image options; all else delegated."""
+
+    def __init__(self, processor: Any, images_kwargs: dict[str, Any]) -> None:
+        self._processor = processor
+        self._images_kwargs = images_kwargs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("images") is not None:
+            kwargs["images_kwargs"] = {**self._images_kwargs, **kwargs.get("images_kwargs", {})}
+        return self._processor(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
 
 
 def build_trainer(
@@ -352,23 +593,32 @@ def build_trainer(
     bf16 = _use_bf16(config, preset.torch_dtype)
     # Checked before loading the model, so a typo in sft_args fails in seconds, not minutes.
     args = _sft_config(config, bf16, eval_enabled, progress)
+    checkpoint = resolve_checkpoint(config)
     set_seed(config.seed)  # LoRA matrices are initialised before the Trainer seeds anything
-    model, processor = _load_base(model_path, bf16, preset.attn_implementation)
+    model, processor = _load_base(
+        model_path, bf16, preset.attn_implementation, _quantization(config, bf16)
+    )
+    apply_image_options(processor, config, preset)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=splits["train"],
         eval_dataset=eval_split if eval_enabled else None,
         processing_class=processor,
-        peft_config=_lora_config(config),
+        peft_config=_lora_config(config, preset.family),
         callbacks=[_log_callback(), *(callbacks or [])],
     )
+    extra = image_processor_kwargs(processor)
+    if extra:
+        trainer.data_collator.processor = _ProcessorWithImageKwargs(processor, extra)
     trainer.remove_callback(PrinterCallback)  # it print()s every log; LogCallback logs instead
     facts = {
         "base_model": model_path,
         "preset": preset.model_dump(),
         "bf16": bf16,
         "eval": eval_enabled,
+        "qlora": config.qlora,
+        "resume_from": checkpoint,
         "dataset": dataset_stats(splits),
     }
     return trainer, facts
@@ -385,8 +635,11 @@ def train(
         facts["dataset"]["train"]["examples"],
         "bf16" if facts["bf16"] else "fp32",
     )
+    checkpoint = facts["resume_from"]
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     eval_loss = trainer.evaluate()["eval_loss"] if facts["eval"] else None
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -416,6 +669,8 @@ def _save_artifacts(
         "losses": result.losses,
         "eval_loss": result.eval_loss,
         "seconds": result.seconds,
+        # Every logged loss, eval loss and learning rate, by step: the curves to plot.
+        "log_history": trainer.state.log_history,
     }
     (adapter_dir / "train_stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     logger.info("saved adapter to %s", adapter_dir)

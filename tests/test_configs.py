@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.students import list_presets, load_preset
-from finetune.train import LANGUAGE_MODEL_LORA_TARGET, VLLM_LORA_RANKS, load_train_config
+from finetune.students import LORA_TARGETS, list_presets, load_preset
+from finetune.train import VLLM_LORA_RANKS, load_train_config, lora_target_of
 from teacher_labeling.teachers import load_label_config
 from toolkit.config import load_stage_config
 from toolkit.crops import CropConfig
@@ -35,8 +35,15 @@ def test_shipped_config_loads(path):
     elif path.name.startswith("train"):
         config = load_train_config(path, [])
         assert config.lora_r in VLLM_LORA_RANKS
-        assert config.lora_target == LANGUAGE_MODEL_LORA_TARGET  # vLLM-servable default
-        load_preset(config.student)
+        # vLLM-servable default: LoRA on the language model only, for every family.
+        assert config.lora_target is None and config.adapt == "language"
+        family = load_preset(config.student).family
+        assert lora_target_of(config, family) == (LORA_TARGETS[family]["language"].modules, [])
+    elif path.name.startswith("endpoint"):
+        from teacher_labeling.endpoint import load_endpoint_config
+
+        config = load_endpoint_config(path)
+        assert config.api_key_env is None or config.api_key_env.isupper()
     else:
         pytest.fail(f"no loader for shipped config {path.name}")
 
