@@ -1,0 +1,361 @@
+"""The region-proposal detector: item split, oriented-pixel boxes, offline training, the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from finetune.detector import (
+    DETECTOR_SOURCE,
+    REGION_CLASS,
+    DetectorConfig,
+    box_selector,
+    boxes_from_result,
+    load_detector,
+    model_input,
+    predict_boxes,
+    split_items,
+    train_detector,
+)
+from toolkit.boxes import Box
+from toolkit.config import load_stage_config
+from toolkit.crops import FUSED_SOURCE
+from toolkit.errors import CroptuneError
+from toolkit.images import load_image
+from toolkit.store import ImageRow, ItemRow, RunStore
+
+CROPTUNE = str(Path(sys.executable).parent / "croptune")
+HAS_ONNX = importlib.util.find_spec("onnx") is not None
+RED = (230, 20, 20)
+
+
+# ------------------------------------------------------------------------- small helpers
+
+
+def _exif_rotated_photo(path: Path, size: tuple[int, int] = (120, 80)) -> Path:
+    """A JPEG whose pixels are stored turned, with EXIF orientation 6 turning them upright.
+
+    Upright (oriented) it is size wide, grey, with a red square at its top-left corner.
+    """
+    upright = Image.new("RGB", size, (128, 128, 128))
+    upright.paste(RED, (0, 0, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    # exif_transpose applies ROTATE_270 for orientation 6, so the file holds ROTATE_90.
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, "JPEG", quality=95, exif=exif)
+    return path
+
+
+def _store(tmp_path: Path, boxes: dict[str, list[Box]], items: int = 2) -> RunStore:
+    """A run with `items` one-photo items; each item gets the given boxes per source."""
+    store = RunStore(tmp_path / "run")
+    for n in range(items):
+        photo = tmp_path / f"p{n}.jpg"
+        Image.new("RGB", (64, 48), (10 * n, 90, 140)).save(photo)
+        loaded = load_image(str(photo))
+        item = ItemRow(f"I{n}", None, None, None, None, [])
+        row = ImageRow(f"I{n}", 0, str(photo), loaded.sha256, 64, 48, None)
+        store.put_item(item, n, f"fp{n}", [row])
+        for source, source_boxes in boxes.items():
+            store.set_boxes(f"I{n}", source, source_boxes)
+    return store
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(
+    ("n_items", "holdout", "n_held"),
+    [
+        (10, 0.2, 2),  # the fraction of items, rounded
+        (10, 0.01, 1),  # a tiny fraction still holds one item out
+        (2, 0.9, 1),  # at least one item always stays for training
+        (5, 0.0, 0),  # holdout 0: everything trains, nothing is measured
+    ],
+)
+def test_split_is_by_item_and_disjoint(n_items, holdout, n_held):
+    ids = [f"item{i}" for i in range(n_items)]
+    train, held = split_items(ids, holdout, seed=0)
+    assert len(held) == n_held
+    assert not set(train) & set(held)
+    assert set(train) | set(held) == set(ids)
+
+
+def test_split_depends_on_seed_not_on_order():
+    ids = [f"item{i}" for i in range(40)]
+    first = split_items(ids, 0.25, seed=1)
+    assert split_items(list(reversed(ids)), 0.25, seed=1) == first
+    assert split_items(ids, 0.25, seed=2)[1] != first[1]
+
+
+def test_split_of_one_item_is_refused():
+    with pytest.raises(CroptuneError, match="at least 2 items"):
+        split_items(["only"], 0.2, seed=0)
+
+
+def _results(boxes: list[list[float]], size_wh: tuple[int, int] = (100, 200)):
+    import torch
+    from ultralytics.engine.results import Results
+
+    width, height = size_wh
+    data = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 6)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    return Results(image, path="x.jpg", names={0: "region", 1: "barcode"}, boxes=data)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # inside the (portrait, oriented) image: kept as is, with label and score
+        ([[10, 150, 90, 190, 0.9, 0]], [(10, 150, 90, 190, "region", 0.9)]),
+        # the class id picks the label
+        ([[5, 5, 20, 30, 0.5, 1]], [(5, 5, 20, 30, "barcode", 0.5)]),
+        # sticking out past the right and bottom edges: clipped to 100x200
+        ([[50, 180, 130, 260, 0.8, 0]], [(50, 180, 100, 200, "region", 0.8)]),
+        # wholly outside the image: dropped
+        ([[120, 10, 150, 40, 0.8, 0]], []),
+        # zero width: dropped
+        ([[30, 30, 30, 60, 0.8, 0]], []),
+        # nothing proposed
+        ([], []),
+    ],
+)
+def test_detector_outputs_become_oriented_pixel_boxes(raw, expected):
+    boxes = boxes_from_result(_results(raw), image=3)
+    got = [(*(round(v, 3) for v in b.xyxy), b.label, round(b.score, 3)) for b in boxes]
+    assert got == expected
+    assert all(b.image == 3 and b.source == DETECTOR_SOURCE for b in boxes)
+
+
+def test_the_model_is_given_the_oriented_photo_as_bgr(tmp_path):
+    path = _exif_rotated_photo(tmp_path / "turned.jpg")
+    assert Image.open(path).size == (80, 120)  # as stored
+    array = model_input(load_image(str(path)).image)
+    assert array.shape == (80, 120, 3)  # oriented: 120 wide, 80 high
+    blue, green, red = (int(v) for v in array[10, 10])
+    assert red > 180 and blue < 80 and green < 80  # the red corner is top-left, in BGR order
+    assert int(array[70, 110, 2]) < 160  # and the bottom-right stays grey
+
+
+# -------------------------------------------------------------- configs and user errors
+
+
+def test_config_from_yaml_with_overrides(tmp_path):
+    path = tmp_path / "detector.yaml"
+    path.write_text("epochs: 5\nimgsz: 320\nclasses: labels\n")
+    config = load_stage_config(DetectorConfig, path, ["epochs=2", "--holdout=0.3"])
+    assert (config.epochs, config.imgsz, config.holdout, config.classes) == (2, 320, 0.3, "labels")
+    assert all(f.description for f in DetectorConfig.model_fields.values())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("holdout=1", "holdout"),  # everything held out leaves nothing to train on
+        ("classes=kinds", "classes"),  # only region | labels
+        ("no_such_key=1", "no_such_key"),  # unknown keys are named
+    ],
+)
+def test_bad_config_values_are_named(override, message):
+    with pytest.raises(CroptuneError, match=message):
+        load_stage_config(DetectorConfig, None, [override])
+
+
+def test_a_run_without_boxes_is_a_clear_error(tmp_path):
+    store = _store(tmp_path, {})
+    store.close()
+    with pytest.raises(CroptuneError, match="has no boxes to train a detector on"):
+        train_detector(tmp_path / "run", tmp_path / "out", DetectorConfig())
+    assert not (tmp_path / "out" / "detector.pt").exists()
+
+
+def test_the_cli_says_so_without_a_traceback(tmp_path):
+    _store(tmp_path, {}).close()
+    result = subprocess.run(
+        [CROPTUNE, "detector", "train", "--run", "run", "--out", "out", "epochs=1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("croptune: ") and "no boxes" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_box_source_lists_the_ones_there(tmp_path):
+    store = _store(tmp_path, {"qwen": [Box(0, 1, 1, 20, 20, "barcode")]})
+    with pytest.raises(CroptuneError, match=r"no boxes from 'gpt'.*'qwen'"):
+        box_selector(store, DetectorConfig(boxes="gpt"))
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # fused boxes are what crops are cut from: the teachers' own are left out
+        (DetectorConfig(), [("fused", REGION_CLASS)]),
+        # a named teacher's boxes alone
+        (DetectorConfig(boxes="qwen"), [("qwen", REGION_CLASS)]),
+        # classes=labels keeps the teacher's labels
+        (DetectorConfig(classes="labels"), [("fused", "barcode")]),
+    ],
+)
+def test_box_selection(tmp_path, config, expected):
+    boxes = {
+        "qwen": [Box(0, 1, 1, 20, 20, "warning", "qwen")],
+        FUSED_SOURCE: [Box(0, 2, 2, 30, 30, "barcode", FUSED_SOURCE)],
+    }
+    store = _store(tmp_path, boxes)
+    select, _ = box_selector(store, config)
+    stored = [b for _, b in store.boxes("I0")]
+    assert [(b.source, b.label) for b in select(stored)] == expected
+    store.close()
+
+
+def test_a_single_teacher_run_uses_that_teachers_boxes(tmp_path):
+    store = _store(tmp_path, {"reference": [Box(0, 1, 1, 20, 20, "barcode", "reference")]})
+    select, source = box_selector(store, DetectorConfig())
+    assert source == "reference"
+    assert len(select([b for _, b in store.boxes("I1")])) == 1
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("yolo11n.pt", "does not download weights"),  # a hub name, not a file: never fetched
+        ("weights.bin", "neither an architecture"),  # not a model at all
+    ],
+)
+def test_models_that_would_need_a_download_are_refused(tmp_path, model, message):
+    _store(tmp_path, {"t": [Box(0, 1, 1, 20, 20)]}).close()
+    with pytest.raises(CroptuneError, match=message):
+        train_detector(tmp_path / "run", tmp_path / "out", DetectorConfig(model=model))
+
+
+def test_onnx_export_without_the_onnx_package_fails_before_training(tmp_path, monkeypatch):
+    _store(tmp_path, {"t": [Box(0, 1, 1, 20, 20)]}).close()
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if it were not installed
+    with pytest.raises(CroptuneError, match="pip install onnx"):
+        train_detector(tmp_path / "run", tmp_path / "out", DetectorConfig(export_onnx=True))
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------- a real offline training run (1 epoch)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 6-item synthetic run labeled by the reference teacher, and a detector trained on it
+    through the CLI (in process) with every network connection refused and recorded."""
+    from typer.testing import CliRunner
+
+    from teacher_labeling.teachers import LabelConfig, TeacherConfig
+    from toolkit.cli import app
+    from toolkit.pipeline import run_label
+    from toolkit.synthetic import make_example_catalog
+
+    work = tmp_path_factory.mktemp("detector")
+    catalog = make_example_catalog(work / "catalog", n_items=6, seed=0)
+    teacher = TeacherConfig(name="reference", role="both", kind="reference", coords="pixels")
+    run_label(catalog, LabelConfig(teachers=[teacher]), work / "run")
+
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network refused by the test")
+
+    # Relative paths, as a user types them (ultralytics would put a relative project elsewhere).
+    args = ["detector", "train", "--run", "run", "--out", "det"]
+    args += ["epochs=1", "imgsz=128", "batch=8", "workers=0", f"export_onnx={HAS_ONNX}"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        patch.setattr(socket, "create_connection", refuse)
+        patch.setattr(socket.socket, "connect", refuse)
+        result = CliRunner().invoke(app, args)
+    return {"work": work, "out": work / "det", "result": result, "attempts": attempts}
+
+
+@pytest.mark.slow
+def test_cli_trains_and_prints_the_summary(trained):
+    result = trained["result"]
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    for row in (
+        "items train / held out",
+        "5 / 1",
+        "held-out mAP50",
+        "train seconds",
+        "detector.pt",
+    ):
+        assert row in result.output
+
+
+@pytest.mark.slow
+def test_training_tried_no_network_and_wrote_nothing_home(trained):
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    assert trained["attempts"] == []
+    assert SETTINGS["sync"] is False
+    assert not Path(USER_CONFIG_DIR).resolve().is_relative_to(Path.home().resolve())
+
+
+@pytest.mark.slow
+def test_held_out_items_never_reach_training(trained):
+    out = trained["out"]
+    split = yaml.safe_load((out / "detector.yaml").read_text())["split"]
+    assert split["held_out"] and not set(split["train"]) & set(split["held_out"])
+    manifest = json.loads((out / "dataset" / "croptune_export.json").read_text())
+    item_of = {f"./{i['file']}": i["item_id"] for i in manifest["images"]}
+    train_files = (out / "dataset" / "train.txt").read_text().split()
+    val_files = (out / "dataset" / "val.txt").read_text().split()
+    assert {item_of[f] for f in train_files} == set(split["train"])
+    assert {item_of[f] for f in val_files} == set(split["held_out"])
+
+
+@pytest.mark.slow
+def test_outputs_hold_the_settings_and_metrics(trained):
+    out = trained["out"]
+    settings = yaml.safe_load((out / "detector.yaml").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert settings["classes"] == [REGION_CLASS] and settings["imgsz"] == 128
+    assert settings["config"]["epochs"] == 1 and settings["box_source"] == "reference"
+    assert metrics["items"] == {"train": 5, "held_out": 1}
+    assert metrics["metrics"]["boxes"] > 0
+    for key in ("precision", "recall", "map50", "map50_95"):
+        assert 0.0 <= metrics["metrics"][key] <= 1.0, key
+        assert settings["metrics"][key] == metrics["metrics"][key]
+    assert (out / "detector.pt").is_file()
+    assert (out / "train" / "args.yaml").is_file() and not (trained["work"] / "runs").exists()
+    assert (out / "detector.onnx").is_file() == HAS_ONNX
+
+
+@pytest.mark.slow
+def test_trained_detector_predicts_on_the_oriented_photo(trained, tmp_path):
+    detector = load_detector(trained["out"])
+    assert (detector.imgsz, detector.classes) == (128, [REGION_CLASS])
+    seen = []
+    detector.model.add_callback(
+        "on_predict_batch_start", lambda predictor: seen.extend(predictor.batch[1])
+    )
+    photo = load_image(str(_exif_rotated_photo(tmp_path / "turned.jpg"))).image
+    upright = Image.new("RGB", (90, 140), (200, 200, 200))
+    boxes = predict_boxes(detector, [photo, upright], conf=0.001)
+    assert len(boxes) == 2
+    assert [a.shape for a in seen] == [(80, 120, 3), (140, 90, 3)]
+    assert np.array_equal(seen[0], model_input(photo))
+    for index, (image, found) in enumerate(zip([photo, upright], boxes, strict=True)):
+        for box in found:
+            assert box.image == index and box.source == DETECTOR_SOURCE
+            assert 0 <= box.x1 < box.x2 <= image.width and 0 <= box.y1 < box.y2 <= image.height
+            assert 0.001 <= box.score <= 1
