@@ -1,40 +1,95 @@
-"""Evaluate a student on a dataset split: generate answers, parse them, score fields."""
+"""Evaluate models on a dataset split: answer, parse, score fields, time, compare.
+
+Any answer backend (toolkit.answers.AnswerBackend: a transformers model in-process, an
+OpenAI-compatible endpoint) and any teacher's stored labels are scored the same way, so one
+table compares them. Metric definitions: toolkit/metrics.py and docs/evaluation.md.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.answers import AnswerBackend, GeneratedAnswer
 from toolkit.errors import CroptuneError
-from toolkit.metrics import FieldScores, score_answers
+from toolkit.files import atomic_write
+from toolkit.metrics import FieldScores, field_errors, score_answers
 
 logger = logging.getLogger(__name__)
+
+# Row kinds in metrics.json: who answered.
+TRANSFORMERS, ENDPOINT, TEACHER = "transformers", "endpoint", "teacher"
+# The paper's groups, in its order; other groups of a custom schema follow alphabetically.
+GROUP_ORDER = ("identifiers", "attributes", "origin_production", "regulatory_safety")
+# The judge's buckets (teacher_labeling.judge.BUCKETS), in the paper's order.
+JUDGE_ORDER = ("verifiable_correct", "verifiable_incorrect", "unverifiable")
+JUDGE_COLUMNS = {
+    "verifiable_correct": "judge: correct",
+    "verifiable_incorrect": "judge: incorrect",
+    "unverifiable": "judge: unverifiable",
+}
 
 
 @dataclass
 class EvaluationResult:
-    """Scores, raw answers and timing of one model on one split."""
+    """One model's (or teacher's) answers on one split: scores, per-item details, timing."""
 
     model: str
+    kind: str
     split: str
     scores: FieldScores
-    seconds: float
-    answers: list[dict[str, Any]]
+    answers: list[dict[str, Any]]  # per item: item_id, answer, parsed, json_valid, error, ...
+    wall_seconds: float | None = None  # answering time of this run (None: teacher labels)
+    judge: dict[str, Any] | None = None  # bucket rates of the LLM judge, when asked for
+    errors: list[dict[str, Any]] = field(default_factory=list)  # per item: field errors
+
+    @property
+    def asked(self) -> int:
+        """Answers produced in this run (not taken from a cache)."""
+        return sum(1 for a in self.answers if not a.get("cached") and a.get("seconds") is not None)
+
+    @property
+    def cached(self) -> int:
+        """Answers taken from the cache of an earlier run."""
+        return sum(1 for a in self.answers if a.get("cached"))
+
+    @property
+    def failed(self) -> int:
+        """Examples without an answer (the request failed for good)."""
+        return sum(1 for a in self.answers if a.get("error"))
+
+    def latency(self) -> dict[str, Any] | None:
+        """Seconds per example (mean, p50, p90) and examples per second; None for teachers."""
+        if self.kind == TEACHER:
+            return None
+        stats = latency_stats([a["seconds"] for a in self.answers if a.get("seconds") is not None])
+        # Throughput needs answers timed in this run: a cached answer took no time now.
+        asked = self.asked
+        stats["examples_per_second"] = (
+            round(asked / self.wall_seconds, 4) if asked and self.wall_seconds else None
+        )
+        stats["wall_seconds"] = round(self.wall_seconds, 3) if self.wall_seconds else None
+        return stats
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready metrics (no answers)."""
-        n = self.scores.examples
+        """JSON-ready metrics (one metrics.json entry; no per-item answers)."""
+        latency = self.latency()
         return {
             "model": self.model,
+            "kind": self.kind,
             "split": self.split,
             **self.scores.as_dict(),
-            "seconds": round(self.seconds, 3),
-            "seconds_per_example": round(self.seconds / n, 4) if n else None,
-            "examples_per_second": round(n / self.seconds, 4) if self.seconds else None,
+            "latency": latency,
+            "seconds_per_example": latency["mean"] if latency else None,
+            "examples_per_second": latency["examples_per_second"] if latency else None,
+            "answers": {"asked": self.asked, "cached": self.cached, "failed": self.failed},
+            "judge": self.judge,
         }
 
 
@@ -59,67 +114,283 @@ def parse_answer(text: str) -> tuple[Any, bool]:
     return (value if isinstance(value, dict) else None), False
 
 
-def evaluate_model(
-    model: str,
-    dataset_dir: Path,
-    split: str = "test",
-    adapter: Path | None = None,
-    max_new_tokens: int = 256,
-    batch_size: int = 4,
-    limit: int | None = None,
-) -> EvaluationResult:
-    """Generate with a student (base, or base + adapter) on a split and score its answers."""
+def latency_stats(seconds: list[float]) -> dict[str, Any]:
+    """Mean, median and 90th percentile of per-example seconds (None when there are none)."""
+    if not seconds:
+        return {"mean": None, "p50": None, "p90": None, "timed": 0}
+    ordered = sorted(seconds)
+    p90 = (
+        statistics.quantiles(ordered, n=10, method="inclusive")[8]
+        if len(ordered) > 1
+        else ordered[0]
+    )
+    return {
+        "mean": round(statistics.fmean(ordered), 4),
+        "p50": round(statistics.median(ordered), 4),
+        "p90": round(p90, 4),
+        "timed": len(ordered),
+    }
+
+
+def load_split(dataset_dir: Path, split: str = "test", limit: int | None = None) -> Any:
+    """The rows of one split of a `croptune dataset build` folder (first `limit` rows)."""
     from datasets import load_from_disk
 
-    from finetune.infer import generate_answers, load_student
-
-    dataset = load_from_disk(str(dataset_dir))
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise CroptuneError(
+            f"dataset {dataset_dir} does not exist; build one with "
+            "`croptune dataset build --run RUN --out DIR`"
+        )
+    try:
+        dataset = load_from_disk(str(dataset_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        raise CroptuneError(
+            f"{dataset_dir} is not a dataset folder written by `croptune dataset build`: {exc}"
+        ) from exc
+    if not hasattr(dataset, "keys"):
+        raise CroptuneError(f"{dataset_dir} holds a single split; croptune expects a DatasetDict")
     if split not in dataset:
-        raise CroptuneError(f"dataset {dataset_dir} has no split {split!r}; it has {list(dataset)}")
+        raise CroptuneError(
+            f"dataset {dataset_dir} has no split {split!r}; it has {', '.join(dataset)}"
+        )
     rows = dataset[split]
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     if len(rows) == 0:
         raise CroptuneError(f"split {split!r} of {dataset_dir} is empty")
-    student, processor = load_student(model, adapter)
-    examples = [(row["images"], row["prompt"]) for row in rows]
+    return rows
+
+
+def dataset_schema(dataset_dir: Path) -> Any:
+    """The attribute schema the dataset was built with (None: the built-in one is assumed)."""
+    from toolkit.schema import AttributeSchema
+
+    facts = Path(dataset_dir) / "croptune_dataset.json"
+    if not facts.is_file():
+        return None
+    schema = json.loads(facts.read_text(encoding="utf-8")).get("schema")
+    return AttributeSchema.model_validate(schema) if schema else None
+
+
+def split_references(rows: Any) -> tuple[list[str], list[Any]]:
+    """(item ids, parsed reference answers) of a split, without decoding its images."""
+    references = [json.loads(c[0]["content"][0]["text"]) for c in rows["completion"]]
+    return list(rows["item_id"]), references
+
+
+class SplitExamples(Sequence):
+    """A split's (images, prompt) examples, decoded one row at a time (a split's images
+    together may not fit in memory)."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = self.rows[index]
+        return row["images"], row["prompt"]
+
+
+def evaluate_backend(
+    backend: AnswerBackend,
+    rows: Any,
+    split: str = "test",
+    schema: Any = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Answer every row of a split with a backend and score the answers."""
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None:
+        prepare()  # loading weights is not answering time
+    examples = SplitExamples(rows)
     started = time.perf_counter()
-    texts = generate_answers(student, processor, examples, max_new_tokens, batch_size)
-    seconds = time.perf_counter() - started
-    references = [json.loads(row["completion"][0]["content"][0]["text"]) for row in rows]
-    parsed = [parse_answer(text) for text in texts]
-    scores = score_answers([p for p, _ in parsed], references, [ok for _, ok in parsed])
-    answers = [
-        {"item_id": row["item_id"], "answer": text, "parsed": value, "reference": ref}
-        for row, text, (value, _), ref in zip(rows, texts, parsed, references, strict=True)
-    ]
-    name = str(adapter) if adapter else model
-    return EvaluationResult(
-        model=name, split=split, scores=scores, seconds=seconds, answers=answers
+    generated = backend.answer(examples, progress=progress)
+    wall = time.perf_counter() - started
+    if len(generated) != len(examples):
+        raise CroptuneError(
+            f"model {backend.name!r} returned {len(generated)} answers for {len(examples)} examples"
+        )
+    item_ids, references = split_references(rows)
+    return score_generated(
+        backend.name, backend.kind, split, item_ids, generated, references, schema, wall
     )
+
+
+def score_generated(
+    name: str,
+    kind: str,
+    split: str,
+    item_ids: list[str],
+    generated: list[GeneratedAnswer],
+    references: list[Any],
+    schema: Any = None,
+    wall_seconds: float | None = None,
+) -> EvaluationResult:
+    """Parse and score generated answers against their references."""
+    parsed = [parse_answer(g.text) if not g.error else (None, False) for g in generated]
+    scores = score_answers(
+        [value for value, _ in parsed], references, [ok for _, ok in parsed], schema
+    )
+    answers = [
+        {
+            "item_id": item_id,
+            "answer": g.text,
+            "parsed": value,
+            "json_valid": ok,
+            "error": g.error,
+            "seconds": None if g.seconds is None else round(g.seconds, 4),
+            "cached": g.cached,
+            "reference": reference,
+        }
+        for item_id, g, (value, ok), reference in zip(
+            item_ids, generated, parsed, references, strict=True
+        )
+    ]
+    result = EvaluationResult(
+        model=name,
+        kind=kind,
+        split=split,
+        scores=scores,
+        answers=answers,
+        wall_seconds=wall_seconds,
+    )
+    result.errors = _item_errors(result, schema)
+    return result
+
+
+def evaluate_labels(
+    name: str, labels: dict[str, Any], rows: Any, split: str = "test", schema: Any = None
+) -> EvaluationResult:
+    """Score a teacher's stored labels (item_id -> attributes) on a split's items."""
+    item_ids, references = split_references(rows)
+    predictions = [labels.get(item_id) for item_id in item_ids]
+    scores = score_answers(predictions, references, [p is not None for p in predictions], schema)
+    answers = [
+        {
+            "item_id": item_id,
+            "answer": None if label is None else json.dumps(label, ensure_ascii=False),
+            "parsed": label,
+            "json_valid": label is not None,
+            "error": None if label is not None else "no label from this teacher",
+            "seconds": None,
+            "cached": False,
+            "reference": reference,
+        }
+        for item_id, label, reference in zip(item_ids, predictions, references, strict=True)
+    ]
+    result = EvaluationResult(model=name, kind=TEACHER, split=split, scores=scores, answers=answers)
+    result.errors = _item_errors(result, schema)
+    return result
+
+
+def _item_errors(result: EvaluationResult, schema: Any) -> list[dict[str, Any]]:
+    """Per item with anything to read: its field errors, and why it has no (valid) answer."""
+    records = []
+    for answer in result.answers:
+        errors = field_errors(answer["parsed"], answer["reference"], schema)
+        if errors or answer["error"] or not answer["json_valid"]:
+            records.append(
+                {
+                    "model": result.model,
+                    "item_id": answer["item_id"],
+                    "json_valid": answer["json_valid"],
+                    "error": answer["error"],
+                    "fields": errors,
+                }
+            )
+    return records
+
+
+def _groups(results: list[EvaluationResult]) -> list[str]:
+    present = {g for r in results for g in r.scores.groups}
+    return [g for g in GROUP_ORDER if g in present] + sorted(present - set(GROUP_ORDER))
+
+
+def _judge_keys(results: list[EvaluationResult]) -> list[str]:
+    present = {k for r in results if r.judge for k in r.judge}
+    return [k for k in JUDGE_ORDER if k in present]
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int | float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_table(results: list[EvaluationResult]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the comparison table: one row per model, as in metrics.md."""
+    groups, judge_keys = _groups(results), _judge_keys(results)
+    header = ["model", "examples", "JSON valid", "P", "R", "F1"]
+    header += [f"F1 {g}" for g in groups] + ["s/example", "examples/s"]
+    header += [JUDGE_COLUMNS[k] for k in judge_keys]
+    rows = []
+    for result in results:
+        metrics = result.as_dict()
+        micro = metrics["micro"]
+        row = [
+            result.model,
+            str(metrics["examples"]),
+            _number(metrics["json_valid_rate"], 2),
+            _number(micro["precision"]),
+            _number(micro["recall"]),
+            _number(micro["f1"]),
+        ]
+        row += [_number(metrics["groups"].get(g, {}).get("f1")) for g in groups]
+        latency = metrics["latency"]
+        if latency is None:
+            row += ["—", "—"]
+        else:
+            eps = latency["examples_per_second"]
+            row += [
+                _number(latency["mean"]),
+                _number(eps, 2) if eps is not None else ("cached" if result.cached else "—"),
+            ]
+        row += [_number((result.judge or {}).get(k), 2) for k in judge_keys]
+        rows.append(row)
+    return header, rows
+
+
+def markdown_table(results: list[EvaluationResult]) -> str:
+    """The comparison table as GitHub markdown."""
+    header, rows = comparison_table(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def write_evaluation(results: list[EvaluationResult], out_dir: Path) -> Path:
-    """metrics.json, a markdown comparison table and per-item answers in out_dir."""
+    """metrics.json, metrics.md, errors.jsonl and answers.jsonl in out_dir; returns metrics.json."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(
-        json.dumps([r.as_dict() for r in results], indent=2, ensure_ascii=False)
-    )
-    lines = [
-        "| model | split | examples | JSON valid | precision | recall | F1 | s/example |",
-        "|---|---|---|---|---|---|---|---|",
+    with atomic_write(out_dir / "metrics.json") as handle:
+        json.dump([r.as_dict() for r in results], handle, indent=2, ensure_ascii=False)
+    split = results[0].split if results else ""
+    notes = [
+        f"Split `{split}`. P/R/F1: field-level, micro over all items "
+        "(definitions: docs/evaluation.md). s/example: mean seconds per example; "
+        "examples/s: throughput of this run (`cached`: every answer came from the cache).",
     ]
-    for r in results:
-        d = r.as_dict()
-        micro = d["micro"]
-        lines.append(
-            f"| {r.model} | {r.split} | {d['examples']} | {d['json_valid_rate']:.2f} | "
-            f"{micro['precision']:.3f} | {micro['recall']:.3f} | {micro['f1']:.3f} | "
-            f"{d['seconds_per_example']} |"
+    if any(r.judge for r in results):
+        notes.append(
+            "judge: share of the predicted values the LLM judge found visible on the photos "
+            "and correct / visible and wrong / not visible (unverifiable)."
         )
-    (out_dir / "metrics.md").write_text("\n".join(lines) + "\n")
-    with (out_dir / "answers.jsonl").open("w", encoding="utf-8") as handle:
-        for r in results:
-            for answer in r.answers:
-                handle.write(json.dumps({"model": r.model, **answer}, ensure_ascii=False) + "\n")
+    with atomic_write(out_dir / "metrics.md") as handle:
+        handle.write(markdown_table(results) + "\n" + "\n".join(notes) + "\n")
+    with atomic_write(out_dir / "errors.jsonl") as handle:
+        for result in results:
+            for record in result.errors:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with atomic_write(out_dir / "answers.jsonl") as handle:
+        for result in results:
+            for answer in result.answers:
+                line = {"model": result.model, **answer}
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
     return out_dir / "metrics.json"

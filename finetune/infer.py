@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from toolkit.answers import Example, GeneratedAnswer
 from toolkit.errors import CroptuneError
+from toolkit.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,7 @@ def load_student(model: str, adapter: Path | None = None) -> tuple[Any, Any]:
         loaded = AutoModelForImageTextToText.from_pretrained(
             base, dtype="auto" if on_gpu else torch.float32, attn_implementation="eager"
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder that holds no known model
         raise CroptuneError(f"cannot load student model {model!r}: {exc}") from exc
     processor_source = base
     if adapter is not None:
@@ -60,30 +65,93 @@ def _render_prompt(processor: Any, messages: list[dict[str, Any]]) -> str:
 def generate_answers(
     model: Any,
     processor: Any,
-    examples: list[tuple[list[Any], list[dict[str, Any]]]],
+    examples: list[Example],
     max_new_tokens: int = 256,
     batch_size: int = 4,
 ) -> list[str]:
     """Greedy answers for (images, prompt messages) examples, one stripped string each."""
-    import torch
-
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        texts = [_render_prompt(processor, messages) for _, messages in batch]
-        images = [list(imgs) for imgs, _ in batch]
-        inputs = processor(
-            text=texts,
-            images=images if any(images) else None,
-            padding=True,
-            padding_side="left",  # new tokens then start at the same column for every row
-            add_special_tokens=False,  # the chat template already starts with <bos>
-            return_tensors="pt",
-        ).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
-        answers += [text.strip() for text in decoded]
+        answers += _generate_batch(
+            model, processor, examples[start : start + batch_size], max_new_tokens
+        )
         logger.debug("generated %d/%d answers", len(answers), len(examples))
     return answers
+
+
+def _generate_batch(
+    model: Any, processor: Any, batch: list[Example], max_new_tokens: int
+) -> list[str]:
+    import torch
+
+    from finetune.train import image_processor_kwargs
+
+    texts = [_render_prompt(processor, messages) for _, messages in batch]
+    images = [list(imgs) for imgs, _ in batch]
+    # Pan & scan saved with a Gemma 3 processor only applies when passed per call.
+    image_kwargs = image_processor_kwargs(processor) if any(images) else {}
+    inputs = processor(
+        text=texts,
+        images=images if any(images) else None,
+        **({"images_kwargs": image_kwargs} if image_kwargs else {}),
+        padding=True,
+        padding_side="left",  # new tokens then start at the same column for every row
+        add_special_tokens=False,  # the chat template already starts with <bos>
+        return_tensors="pt",
+    ).to(model.device)
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
+    return [text.strip() for text in decoded]
+
+
+class TransformersBackend:
+    """A student answering in-process with transformers: batched greedy generation.
+
+    `model` is a hub id, a local model folder (a merged model, a bundle's `merged/`) or
+    'croptune:tiny'; `adapter` an optional LoRA adapter folder on top of it. The model is
+    loaded on the first `answer` and kept until `close`.
+    """
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        adapter: Path | None = None,
+        name: str | None = None,
+        batch_size: int = 4,
+        max_new_tokens: int = 256,
+    ) -> None:
+        self.model = model
+        self.adapter = Path(adapter) if adapter is not None else None
+        self.name = name or (str(adapter) if adapter is not None else model)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self._loaded: tuple[Any, Any] | None = None
+
+    def prepare(self) -> None:
+        """Load the model (once)."""
+        if self._loaded is None:
+            self._loaded = load_student(self.model, self.adapter)
+
+    def answer(self, examples: Sequence[Example], progress: bool = False) -> list[GeneratedAnswer]:
+        """Greedy answers; each example's seconds are its batch's time divided by the batch size."""
+        self.prepare()
+        model, processor = self._loaded
+        answers: list[GeneratedAnswer] = []
+        with ProgressBar(f"answer ({self.name})", len(examples), progress) as bar:
+            for start in range(0, len(examples), self.batch_size):
+                batch = examples[start : start + self.batch_size]
+                started = time.perf_counter()
+                texts = _generate_batch(model, processor, batch, self.max_new_tokens)
+                seconds = (time.perf_counter() - started) / len(batch)
+                answers += [GeneratedAnswer(text=text, seconds=seconds) for text in texts]
+                bar.advance(len(batch))
+        return answers
+
+    def close(self) -> None:
+        """Drop the loaded model so the next one fits in memory."""
+        self._loaded = None
+        gc.collect()

@@ -106,9 +106,11 @@ def test_pipeline_end_to_end(tmp_path):
     assert manifest["base_model"] == "croptune:tiny"
     assert manifest["image_budget"] == 9 and manifest["crop"]["strategy"] == "enclosing-square"
     assert manifest["metrics"]["examples"] == metrics["examples"]
-    assert {p.name for p in (bundle / "adapter").iterdir()} == {
+    # The LoRA plus the training processor and chat template (tests/test_export.py checks more).
+    assert {p.name for p in (bundle / "adapter").iterdir()} >= {
         "adapter_config.json",
         "adapter_model.safetensors",
+        "chat_template.jinja",
     }
     for path in bundle.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".md"}:

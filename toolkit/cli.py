@@ -110,6 +110,7 @@ def demo(
 
     summary = run_demo(workdir, n_items=items, max_steps=steps, seed=seed, progress=_State.progress)
     _table(f"croptune demo ({workdir})", summary.rows())
+    _comparison(f"base vs student on the test split ({workdir}/eval)", summary.evaluation)
 
 
 @catalog_app.command("validate")
@@ -354,12 +355,18 @@ def dataset_build(
 def train(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="Train config YAML."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the newest checkpoint in output_dir: same step, optimizer and data order.",
+    ),
 ) -> None:
     """LoRA-fine-tune a student with TRL (extra key=value arguments override the config)."""
     from finetune.train import load_train_config, save_train_config
     from finetune.train import train as run_training
 
-    train_config = load_train_config(config, list(ctx.args))
+    overrides = list(ctx.args) + (["resume_from_checkpoint=true"] if resume else [])
+    train_config = load_train_config(config, overrides)
     output_dir = Path(train_config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_train_config(train_config, output_dir / "train_config.yaml")
@@ -378,74 +385,209 @@ def train(
 
 @app.command()
 def evaluate(
-    model: str = typer.Option(..., "--model", help="An adapter folder, a bundle, or a base model."),
+    model: list[str] = typer.Option(
+        None,
+        "--model",
+        metavar="MODEL",
+        help="A model to score; repeat to compare several. An adapter folder (base + LoRA), a "
+        "bundle (its merged/ model if exported with --merge, else base + adapter/), a base "
+        "model (hub id, local folder, croptune:tiny), or an endpoint YAML (a *.yaml file with "
+        "name, base_url, model, api_key_env, max_concurrency, ...: any OpenAI-compatible "
+        "server, e.g. vLLM serving the base with --lora-modules croptune=BUNDLE/adapter and "
+        "`model: croptune`). See docs/evaluation.md.",
+    ),
     dataset: Path = typer.Option(..., "--dataset", help="Dataset folder from `dataset build`."),
     split: str = typer.Option("test", "--split", help="Split to score."),
-    out: Path | None = typer.Option(
-        None, "--out", help="Folder for metrics (default: beside model)."
+    teacher_labels: Path | None = typer.Option(
+        None,
+        "--teacher-labels",
+        help="A run folder or a `labels export --format jsonl` file: also score each "
+        "teacher's own answers, as rows teacher:<name>.",
     ),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Answer length limit."),
+    judge: Path | None = typer.Option(
+        None, "--judge", help="Judge config YAML: add the LLM judge's bucket rates."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Folder for metrics.json, metrics.md, errors.jsonl, answers.jsonl (default: "
+        "MODEL/eval for one adapter or bundle, else ./eval).",
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", min=1, help="Examples per generate call (in-process models)."
+    ),
+    max_new_tokens: int = typer.Option(
+        256, "--max-new-tokens", min=1, help="Answer length limit, for every model."
+    ),
 ) -> None:
-    """Field-level precision/recall/F1 of a student on a dataset split."""
-    from finetune.evaluate import evaluate_model, write_evaluation
+    """Field-level precision/recall/F1, JSON validity and speed of models on a dataset split."""
+    from toolkit.pipeline import run_evaluate
 
-    base, adapter = _resolve_model(model)
-    result = evaluate_model(base, dataset, split, adapter, max_new_tokens, limit=limit)
-    target = out or (Path(model) / "eval" if Path(model).is_dir() else Path("eval"))
-    write_evaluation([result], target)
-    d = result.as_dict()
-    _table(
-        f"croptune evaluate ({result.model}, {split})",
-        [
-            ("examples", str(d["examples"])),
-            ("JSON valid", f"{d['json_valid_rate']:.2f}"),
-            ("precision / recall / F1", "{precision} / {recall} / {f1}".format(**d["micro"])),
-            ("seconds per example", str(d["seconds_per_example"])),
-            ("written to", str(target)),
-        ],
+    models = list(model or [])
+    target = out or _default_eval_dir(models)
+    results = run_evaluate(
+        models,
+        dataset,
+        target,
+        split=split,
+        teacher_labels_from=teacher_labels,
+        judge=judge,
+        limit=limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=_State.progress,
     )
+    _comparison(f"croptune evaluate ({split}) -> {target}", results)
 
 
-def _resolve_model(model: str) -> tuple[str, Path | None]:
-    """(base model, adapter folder or None) for an adapter folder, a bundle or a base model."""
-    import yaml
+def _comparison(title: str, results: list[Any]) -> None:
+    """Print the comparison table of evaluated models (one row each)."""
+    from rich.table import Table
 
-    path = Path(model)
-    if (path / "croptune.yaml").is_file():
-        manifest = yaml.safe_load((path / "croptune.yaml").read_text())
-        return manifest["base_model"], path / "adapter"
-    if (path / "adapter_config.json").is_file():
-        from finetune.export import base_model_of
+    from finetune.evaluate import comparison_table
 
-        return base_model_of(path), path
-    return model, None
+    header, rows = comparison_table(results)
+    table = Table(title=title, title_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console = _console()
+    if not console.is_terminal:
+        # A file or pipe: as wide as the table wants, so no cell (a model path) is cut.
+        from rich.measure import Measurement
+
+        console.width = 10_000
+        console.width = Measurement.get(console, console.options, table).maximum
+    console.print(table)
+
+
+def _default_eval_dir(models: list[str]) -> Path:
+    """MODEL/eval for one adapter folder or bundle, else ./eval."""
+    if len(models) == 1 and not models[0].lower().endswith((".yaml", ".yml")):
+        path = Path(models[0])
+        if (path / "adapter_config.json").is_file() or (path / "croptune.yaml").is_file():
+            return path / "eval"
+    return Path("eval")
 
 
 @app.command()
 def export(
     adapter: Path = typer.Option(..., "--adapter", help="Adapter folder written by `train`."),
-    out: Path = typer.Option(..., "--out", help="Bundle folder to write."),
-    merge: bool = typer.Option(False, "--merge", help="Also write the merged model."),
+    out: Path | None = typer.Option(None, "--out", help="Bundle folder to write."),
+    merge: bool = typer.Option(False, "--merge", help="Also write merged/ (adapter merged in)."),
+    check: bool = typer.Option(
+        False, "--check", help="Only lint the adapter against vLLM's LoRA rules; write nothing."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Write the bundle even if vLLM cannot serve the adapter."
+    ),
+    metrics: Path | None = typer.Option(
+        None, "--metrics", help="evaluate's metrics.json (default: ADAPTER/eval/metrics.json)."
+    ),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="Hub id of the base, when it was trained from a local folder."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="LoRA name the server and clients use (default: croptune-STUDENT)."
+    ),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="The training dataset folder, if it moved since training."
+    ),
+    detector: Path | None = typer.Option(
+        None, "--detector", help="A `detector train` folder to ship as BUNDLE/detector."
+    ),
 ) -> None:
-    """Write the serving bundle: adapter, croptune.yaml, model card."""
-    import json
+    """Lint the adapter for vLLM, then write the serving bundle (exit 1 on lint errors)."""
+    from finetune.export import export_bundle, lint_adapter, read_metrics
 
-    from finetune.export import export_bundle
-
-    metrics_file = adapter / "eval" / "metrics.json"
-    metrics = json.loads(metrics_file.read_text())[0] if metrics_file.is_file() else None
-    bundle = export_bundle(adapter, out, merge=merge, metrics=metrics)
+    problems = lint_adapter(adapter)
+    for problem in problems:
+        typer.echo(str(problem))
+    errors = sum(1 for p in problems if p.level == "error")
+    verdict = (
+        f"{adapter}: {errors} error(s), {len(problems) - errors} warning(s) against vLLM's "
+        "LoRA rules"
+    )
+    if check or (errors and not force):
+        suffix = "" if check or not errors else "; bundle not written (--force writes it)"
+        typer.echo(verdict + suffix, err=True)
+        if errors:
+            raise typer.Exit(1)
+        return
+    if out is None:
+        raise CroptuneError("`croptune export` needs --out BUNDLE (or --check to only lint)")
+    evaluations = read_metrics(metrics or adapter / "eval" / "metrics.json")
+    if metrics is not None and evaluations is None:
+        raise CroptuneError(f"metrics file {metrics} does not exist")
+    bundle = export_bundle(
+        adapter,
+        out,
+        merge=merge,
+        metrics=evaluations,
+        force=force,
+        base_model=base_model,
+        lora_name=name,
+        dataset_dir=dataset,
+        detector_dir=detector,
+    )
+    if problems:
+        typer.echo(verdict, err=True)
     typer.echo(f"bundle written to {bundle}")
 
 
-@detector_app.command("train")
+@detector_app.command(
+    "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def detector_train(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     out: Path = typer.Option(..., "--out", help="Folder for the detector."),
+    config: Path | None = typer.Option(None, "--config", help="Detector config YAML."),
+    overrides: list[str] = typer.Argument(
+        None, help="key=value (or --key=value) overrides of the detector config."
+    ),
 ) -> None:
     """Distil the teachers' boxes into a small ultralytics detector."""
-    _not_built("detector train", "planned with crops at inference")
+    from finetune.detector import DetectorConfig, train_detector
+    from toolkit.config import load_stage_config
+
+    detector_config = load_stage_config(DetectorConfig, config, overrides or [])
+    summary = train_detector(run, out, detector_config, verbose=_State.verbose)
+    for reason in summary.skipped:
+        typer.echo(reason, err=True)
+    m = summary.metrics
+
+    def rate(key: str) -> str:
+        return "n/a" if m.get(key) is None else f"{m[key]:.3f}"
+
+    outputs = [summary.weights, summary.onnx, summary.config_file, summary.metrics_file]
+    _table(
+        f"croptune detector train ({out})",
+        [
+            (
+                "items train / held out",
+                f"{len(summary.train_items)} / {len(summary.held_out_items)}",
+            ),
+            (
+                "photos train / held out",
+                f"{summary.images['train']} / {summary.images['held_out']}",
+            ),
+            (
+                f"boxes train / held out ({summary.box_source})",
+                f"{summary.boxes['train']} / {summary.boxes['held_out']}",
+            ),
+            ("classes", ", ".join(summary.classes)),
+            ("epochs, image size", f"{summary.epochs}, {detector_config.imgsz}"),
+            ("train seconds", f"{summary.seconds['train']:.1f}"),
+            (
+                f"held-out precision / recall (conf {detector_config.conf})",
+                f"{rate('precision')} / {rate('recall')}",
+            ),
+            ("held-out mAP50", rate("map50")),
+            ("written (in --out)", ", ".join(p.name for p in outputs if p is not None)),
+        ],
+    )
 
 
 @app.command()

@@ -49,7 +49,11 @@ class DatasetConfig(BaseModel):
         "896x896 anyway); crops are kept as cut",
     )
     image_tokens: int = Field(
-        256, ge=1, description="Image tokens per image of the student, for the stats (Gemma 3: 256)"
+        256,
+        ge=1,
+        description="Image tokens per image of the student, for the stats: its preset's "
+        "image_tokens (Gemma 3: 256 for any image; Qwen2.5-VL: the most per image, at "
+        "max_pixels, so the stats are an upper bound)",
     )
 
 

@@ -115,6 +115,192 @@ def run_dataset(
     return summary
 
 
+EVAL_CACHE_DIR = "cache"  # inside the evaluation folder: endpoint answers (a RunStore)
+
+
+def model_backend(
+    value: str, cache_dir: Path | None = None, batch_size: int = 4, max_new_tokens: int = 256
+) -> Any:
+    """The answer backend a --model value names.
+
+    An endpoint YAML (`*.yaml`: an OpenAI-compatible server), a bundle (its `merged/` model
+    if exported with --merge, else base + `adapter/`), an adapter folder (base + adapter),
+    or a base model (hub id, local folder, croptune:tiny).
+    """
+    from finetune.infer import TransformersBackend
+    from teacher_labeling.endpoint import EndpointBackend, is_endpoint_config, load_endpoint_config
+
+    if is_endpoint_config(value):
+        return EndpointBackend(load_endpoint_config(value), cache_dir, max_new_tokens)
+    path = Path(value)
+    options = {"name": value, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    if (path / "croptune.yaml").is_file():
+        if (path / "merged" / "config.json").is_file():
+            return TransformersBackend(str(path / "merged"), **options)
+        manifest = yaml.safe_load((path / "croptune.yaml").read_text(encoding="utf-8")) or {}
+        if not manifest.get("base_model"):
+            raise CroptuneError(f"bundle {path} names no base_model in croptune.yaml")
+        return TransformersBackend(manifest["base_model"], path / "adapter", **options)
+    if (path / "adapter_config.json").is_file():
+        from finetune.export import base_model_of
+
+        return TransformersBackend(base_model_of(path), path, **options)
+    if value.lower().endswith((".yaml", ".yml")):
+        raise CroptuneError(f"endpoint config {value} does not exist")
+    # Checked now, not after the models before it have run; hub ids never start so.
+    if value.startswith(("/", ".", "~")) and not path.exists():
+        raise CroptuneError(f"model {value} does not exist")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise CroptuneError(
+            f"{value} is not a model folder (no config.json), an adapter folder "
+            "(adapter_config.json) or a bundle (croptune.yaml)"
+        )
+    return TransformersBackend(value, **options)
+
+
+def teacher_labels(source: Path, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each teacher's own answers for these items: {teacher: {item_id: attributes}}.
+
+    source: a run folder (its store) or a `croptune labels export --format jsonl` file.
+    """
+    wanted = set(item_ids)
+    per_teacher: dict[str, dict[str, Any]] = {}
+
+    def add(item_id: str, labels: dict[str, Any]) -> None:
+        for teacher, attributes in (labels or {}).items():
+            per_teacher.setdefault(teacher, {})[item_id] = attributes
+
+    if source.is_dir():
+        with RunStore(source, create=False) as store:
+            for item_id in item_ids:
+                add(item_id, store.labels(item_id))
+    elif source.is_file():
+        with source.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CroptuneError(
+                        f"{source} line {number} is not JSON ({exc}); pass a run folder or "
+                        "the file of `croptune labels export --format jsonl`"
+                    ) from exc
+                if record.get("item_id") in wanted:
+                    add(record["item_id"], record.get("labels"))
+    else:
+        raise CroptuneError(
+            f"teacher labels {source} do not exist; pass a run folder or the file of "
+            "`croptune labels export --format jsonl`"
+        )
+    if not per_teacher:
+        raise CroptuneError(
+            f"{source} holds no teacher labels for the {len(item_ids)} items of this split"
+        )
+    return per_teacher
+
+
+def _unique_names(backends: list[Any]) -> None:
+    """Two --model values with one name get numbered, so each row stays identifiable."""
+    seen: dict[str, int] = {}
+    for backend in backends:
+        seen[backend.name] = seen.get(backend.name, 0) + 1
+        if seen[backend.name] > 1:
+            backend.name = f"{backend.name} ({seen[backend.name]})"
+
+
+def run_evaluate(
+    models: list[Any],
+    dataset_dir: Path,
+    out_dir: Path,
+    split: str = "test",
+    teacher_labels_from: Path | None = None,
+    judge: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 256,
+    progress: bool = False,
+) -> list[Any]:
+    """Score every model (and teacher) on a split; write the comparison into out_dir.
+
+    models: --model values (see model_backend) or answer backends.
+    """
+    from finetune.evaluate import (
+        dataset_schema,
+        evaluate_backend,
+        evaluate_labels,
+        load_split,
+        write_evaluation,
+    )
+
+    if not models and teacher_labels_from is None:
+        raise CroptuneError("nothing to evaluate: pass --model (or --teacher-labels)")
+    rows = load_split(dataset_dir, split, limit)
+    schema = dataset_schema(dataset_dir)
+    backends = [
+        model_backend(m, out_dir / EVAL_CACHE_DIR, batch_size, max_new_tokens)
+        if isinstance(m, str)
+        else m
+        for m in models
+    ]
+    _unique_names(backends)
+    for backend in backends:
+        if hasattr(backend, "check_ready"):
+            backend.check_ready()  # a missing key fails now, not after the first model ran
+    judge_config = _load_judge(judge) if judge is not None else None
+    labels = (
+        teacher_labels(teacher_labels_from, list(rows["item_id"]))
+        if teacher_labels_from is not None
+        else {}
+    )
+    results = []
+    for backend in backends:
+        logger.info("evaluating %s on %d %s examples", backend.name, len(rows), split)
+        try:
+            results.append(evaluate_backend(backend, rows, split, schema, progress))
+        finally:
+            backend.close()
+    for teacher, answers in sorted(labels.items()):
+        results.append(evaluate_labels(f"teacher:{teacher}", answers, rows, split, schema))
+    if judge_config is not None:
+        for result in results:
+            result.judge = _judge_result(judge_config, result, rows, progress)
+    write_evaluation(results, out_dir)
+    return results
+
+
+def _load_judge(path: Path) -> Any:
+    """The judge config, its key variable checked before any model runs."""
+    from teacher_labeling.engine import resolve_api_key
+    from teacher_labeling.judge import load_judge_config
+
+    config = load_judge_config(path)
+    endpoint = config.endpoint
+    resolve_api_key(endpoint.name, endpoint.api_key_env, endpoint.base_url)
+    return config
+
+
+JUDGE_CHUNK = 64  # items whose photos are decoded and held at once while judging
+
+
+def _judge_result(config: Any, result: Any, rows: Any, progress: bool) -> dict[str, Any]:
+    """The judge's bucket rates for one model's answers (one request per item it predicted)."""
+    from teacher_labeling.judge import JudgeItem, bucket_rates, judge_items_sync
+    from toolkit.progress import ProgressBar
+
+    judged = []
+    with ProgressBar(f"judge ({result.model})", len(rows), progress) as bar:
+        for start in range(0, len(rows), JUDGE_CHUNK):
+            items = [
+                JudgeItem(answer["item_id"], rows[index]["images"], answer["parsed"])
+                for index, answer in enumerate(
+                    result.answers[start : start + JUDGE_CHUNK], start=start
+                )
+            ]
+            judged += judge_items_sync(config, items, on_result=lambda _: bar.advance())
+    return bucket_rates(judged)
+
+
 def distribution(values: list[int]) -> dict[str, float]:
     """Median, 90th percentile and max of a list of counts."""
     if not values:
@@ -140,7 +326,9 @@ class DemoSummary:
     last_loss: float | None = None
     train_steps: int = 0
     f1: float | None = None
+    base_f1: float | None = None
     json_valid: float | None = None
+    evaluation: list[Any] = field(default_factory=list)  # base and student results
     adapter: Path | None = None
     bundle: Path | None = None
     report: Path | None = None
@@ -166,7 +354,13 @@ class DemoSummary:
             ("images per item, enclosing squares", dist(self.images_after)),
             ("examples train/validation/test", "/".join(str(v) for v in self.examples.values())),
             ("train loss first -> last", loss),
-            ("field F1 on test (micro)", "n/a" if self.f1 is None else f"{self.f1:.3f}"),
+            (
+                "field F1 on test (micro)",
+                "n/a"
+                if self.f1 is None
+                else f"student {self.f1:.3f}, base "
+                + ("n/a" if self.base_f1 is None else f"{self.base_f1:.3f}"),
+            ),
             ("JSON valid on test", "n/a" if self.json_valid is None else f"{self.json_valid:.2f}"),
             ("review page", str(self.report)),
             ("adapter", str(self.adapter)),
@@ -183,8 +377,8 @@ def run_demo(
     progress: bool = False,
 ) -> DemoSummary:
     """The whole recipe offline on the synthetic example catalog, with the reference teacher."""
-    from finetune.evaluate import evaluate_model, write_evaluation
     from finetune.export import base_model_of, export_bundle
+    from finetune.infer import TransformersBackend
     from finetune.train import TrainConfig, save_train_config, train
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
     from toolkit.synthetic import make_example_catalog
@@ -239,9 +433,17 @@ def run_demo(
 
     with clock("evaluate"):
         base = base_model_of(result.adapter_dir)
-        evaluation = evaluate_model(base, dataset_dir, "test", adapter=result.adapter_dir)
-        write_evaluation([evaluation], workdir / "eval")
-    metrics = evaluation.as_dict()
+        summary.evaluation = run_evaluate(
+            [
+                TransformersBackend(base, name=f"base ({base})"),
+                TransformersBackend(base, result.adapter_dir, name="student (LoRA)"),
+            ],
+            dataset_dir,
+            workdir / "eval",
+            progress=progress,
+        )
+    summary.base_f1 = summary.evaluation[0].as_dict()["micro"]["f1"]
+    metrics = summary.evaluation[1].as_dict()
     summary.f1, summary.json_valid = metrics["micro"]["f1"], metrics["json_valid_rate"]
     with clock("export"):
         summary.bundle = export_bundle(result.adapter_dir, workdir / "bundle", metrics=metrics)

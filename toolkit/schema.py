@@ -27,6 +27,11 @@ class FieldSpec(BaseModel):
 
     type: FieldType = Field("string", description="'string' for one value, 'list' for a set")
     description: str = Field("", description="What the field holds; sent to teachers")
+    compare: Literal["text", "code", "digits"] = Field(
+        "text",
+        description="How values are compared when scoring (toolkit.metrics): text: case, spaces "
+        "and units; code: case and spaces only (model/serial numbers); digits: digits only (barcodes)",
+    )
 
 
 class AttributeSchema(BaseModel):

@@ -1,0 +1,353 @@
+"""LLM judge: is each predicted value visible on the listing's photos, and is it right?
+
+The paper's buckets (Nulli et al., 2026), one per predicted field value:
+
+- ``verifiable_correct``: the information is visible (or readable) on the images and the
+  prediction matches it;
+- ``verifiable_incorrect``: it is visible and the prediction differs;
+- ``unverifiable``: the images do not show it, so it can be neither confirmed nor refuted.
+
+One request per item: its images, then an instruction holding the predicted values as a
+flat JSON object of claims, ``{"group.field": value}`` (nested objects flattened as in
+``toolkit.metrics``; a list field gives one claim per element, ``"group.field[i]"``). The
+judge answers ``{"group.field": bucket}``. Requests go through the teachers' request engine
+(concurrency, rate limits, retries) with images encoded as the OpenAI teacher sends them.
+
+A judge config (YAML) names the endpoint with the fields of a teacher config::
+
+    endpoint:
+      model: gpt-4.1
+      api_key_env: OPENAI_API_KEY     # the NAME of the variable; keys are never stored
+      max_concurrency: 8
+      requests_per_minute: 300
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from teacher_labeling.parse import AnswerParseError, extract_json
+from teacher_labeling.teachers import OpenAITeacher, TeacherConfig, TeacherRequest
+from toolkit.errors import CroptuneError
+from toolkit.metrics import flatten_fields
+
+logger = logging.getLogger(__name__)
+
+Bucket = Literal["verifiable_correct", "verifiable_incorrect", "unverifiable"]
+BUCKETS: tuple[str, ...] = get_args(Bucket)
+JUDGE_NAME = "judge"
+
+JUDGE_INSTRUCTIONS = """You are checking product information that a model extracted from \
+the {n_images} photos of one product listing shown above.
+
+Each key of the JSON object below names one extracted value. For EVERY key choose one bucket:
+- "verifiable_correct": the information can be seen or read on the photos (printed on the \
+product, its packaging or its labels, or plainly shown) and the extracted value matches it \
+(ignore case, spacing and how a unit is spelled);
+- "verifiable_incorrect": the information is visible on the photos but the extracted value \
+differs from it;
+- "unverifiable": the photos do not show this information, so it can be neither confirmed nor \
+refuted.
+
+Answer with ONE JSON object that maps every key below to "verifiable_correct", \
+"verifiable_incorrect" or "unverifiable", and nothing else.
+
+Extracted values:
+{claims}"""
+
+_BUCKET_SPELLING = re.compile(r"[\s-]+")
+
+
+class JudgeConfig(BaseModel):
+    """The LLM judge: which OpenAI-compatible endpoint answers, and how hard it may be pushed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: TeacherConfig = Field(
+        description="A teacher config naming the judge's endpoint: model, base_url, "
+        "api_key_env, max_concurrency, requests_per_minute, tokens_per_minute, timeout_s, "
+        "max_retries, temperature, max_tokens, jpeg_quality, structured_output "
+        "(name defaults to 'judge'; box settings are unused)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_defaults(cls, data: Any) -> Any:
+        # A judge has no role to choose; name it so messages say who stopped.
+        if isinstance(data, dict) and isinstance(data.get("endpoint"), dict):
+            endpoint = {"name": JUDGE_NAME, "role": "attributes", **data["endpoint"]}
+            data = {**data, "endpoint": endpoint}
+        return data
+
+    @model_validator(mode="after")
+    def _openai_kind(self) -> JudgeConfig:
+        if self.endpoint.kind != "openai":
+            raise ValueError("the judge needs an OpenAI-compatible endpoint (kind: openai)")
+        return self
+
+
+def load_judge_config(path: Path | str) -> JudgeConfig:
+    """A judge config from YAML, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise CroptuneError(f"judge config {path} does not exist")
+    try:
+        return JudgeConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except yaml.YAMLError as exc:
+        raise CroptuneError(f"judge config {path} is not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise CroptuneError(f"judge config {path} is not valid:\n{exc}") from exc
+
+
+@dataclass
+class JudgeItem:
+    """One listing to judge: its images and the predicted attributes (None: unparseable)."""
+
+    item_id: str
+    images: list[Image.Image]
+    predicted: dict[str, Any] | None
+
+
+@dataclass
+class JudgeResult:
+    """The judge's buckets for one item's claims, or why the item could not be judged."""
+
+    item_id: str
+    claims: dict[str, Any]
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    error: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unanswered(self) -> list[str]:
+        """Claims the judge gave no (known) bucket for."""
+        return [key for key in self.claims if key not in self.buckets]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready result."""
+        return {
+            "item_id": self.item_id,
+            "claims": self.claims,
+            "buckets": self.buckets,
+            "unanswered": self.unanswered,
+            "error": self.error,
+        }
+
+
+def judge_claims(predicted: Any) -> dict[str, Any]:
+    """The predicted values to judge: {"group.field": value}, list elements as "group.field[i]"."""
+    claims: dict[str, Any] = {}
+    for key, value in flatten_fields(predicted).items():
+        if isinstance(value, list):
+            claims.update({f"{key}[{i}]": element for i, element in enumerate(value)})
+        else:
+            claims[key] = value
+    return claims
+
+
+def judge_prompt(claims: dict[str, Any], n_images: int) -> str:
+    """The judge's instruction for one item (its images are sent before it)."""
+    return JUDGE_INSTRUCTIONS.format(
+        n_images=n_images, claims=json.dumps(claims, ensure_ascii=False, indent=1)
+    )
+
+
+def judge_response_format(claims: Iterable[str]) -> dict[str, Any]:
+    """A strict json_schema response_format: every claim key, each one of the buckets."""
+    keys = list(claims)
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "judgement",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {key: {"type": "string", "enum": list(BUCKETS)} for key in keys},
+                "required": keys,
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def _bucket(value: Any) -> str | None:
+    if isinstance(value, dict):  # {"bucket": "..."} with a reason beside it
+        value = value.get("bucket")
+    if not isinstance(value, str):
+        return None
+    spelled = _BUCKET_SPELLING.sub("_", value.strip().casefold())
+    return spelled if spelled in BUCKETS else None
+
+
+def _entries(value: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(key, verdict) pairs; an answer nested by group is read as dotted keys."""
+    for key, inner in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(inner, dict) and "bucket" not in inner:
+            yield from _entries(inner, f"{name}.")
+        else:
+            yield name, inner
+
+
+def parse_judgement(text: str, keys: Collection[str] | None = None) -> dict[str, Bucket]:
+    """The buckets in a judge's answer (fenced, wrapped in prose or truncated are repaired).
+
+    keys: the claims asked about; other keys are ignored. Entries with an unknown bucket
+    are ignored too; both with one logged warning. Raises AnswerParseError for no JSON object.
+    """
+    value = extract_json(text)
+    if not isinstance(value, dict):
+        raise AnswerParseError(f"expected a JSON object of buckets, got {type(value).__name__}")
+    buckets: dict[str, Bucket] = {}
+    unknown_keys: list[str] = []
+    unknown_buckets: list[str] = []
+    for key, verdict in _entries(value):
+        if keys is not None and key not in keys:
+            unknown_keys.append(key)
+            continue
+        bucket = _bucket(verdict)
+        if bucket is None:
+            unknown_buckets.append(f"{key}={str(verdict)[:40]!r}")
+            continue
+        buckets[key] = bucket  # type: ignore[assignment]
+    if unknown_keys:
+        logger.warning("judge answer: ignored keys not asked about: %s", ", ".join(unknown_keys))
+    if unknown_buckets:
+        logger.warning("judge answer: ignored unknown buckets: %s", ", ".join(unknown_buckets))
+    return buckets
+
+
+def _request(teacher: OpenAITeacher, item: JudgeItem, claims: dict[str, Any]) -> TeacherRequest:
+    from toolkit.images import pixel_hash
+
+    images = [image if image.mode == "RGB" else image.convert("RGB") for image in item.images]
+    return TeacherRequest(
+        teacher=teacher.name,
+        model=teacher.config.model,
+        item_id=item.item_id,
+        image=None,
+        prompt=judge_prompt(claims, len(images)),
+        images=images,
+        image_hashes=[pixel_hash(image) for image in images],
+        parameters={"task": "judge"},
+    )
+
+
+async def _judge_one(teacher: OpenAITeacher, item: JudgeItem) -> JudgeResult:
+    from teacher_labeling.engine import RequestFailed
+
+    claims = judge_claims(item.predicted)
+    result = JudgeResult(item_id=item.item_id, claims=claims)
+    if not claims:
+        return result  # nothing predicted: nothing to judge, no request
+    config = teacher.config
+
+    def build() -> tuple[TeacherRequest, list[dict[str, Any]]]:
+        request = _request(teacher, item, claims)
+        return request, teacher.messages(request)
+
+    # Hashing and encoding photos takes tens of ms each: off the event loop.
+    request, messages = await asyncio.to_thread(build)
+    prompt_tokens = teacher.estimate_tokens(request, [image.size for image in request.images])[0]
+    completion_tokens = config.expected_output_tokens or 16 * len(claims) + 16
+    params: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    if config.structured_output:
+        params["response_format"] = judge_response_format(claims)
+    try:
+        completion = await teacher.engine.complete(
+            messages, prompt_tokens + completion_tokens, **params
+        )
+    except RequestFailed as exc:
+        result.error = str(exc)
+        logger.warning("judge: item %s failed: %s", item.item_id, exc)
+        return result
+    result.usage = {**completion.usage, "attempts": completion.attempts}
+    try:
+        result.buckets = parse_judgement(completion.text, claims)
+    except AnswerParseError as exc:
+        result.error = f"unusable judge answer: {exc}"
+        logger.warning("judge: item %s: %s", item.item_id, result.error)
+    return result
+
+
+async def judge_items(
+    config: JudgeConfig,
+    items: list[JudgeItem],
+    on_result: Callable[[JudgeResult], None] | None = None,
+) -> list[JudgeResult]:
+    """The judge's buckets for every item, in item order; a failed item gets an error.
+
+    Raises CroptuneError when the key variable is missing (before any request) or the
+    endpoint refuses the judge for good (bad key, unknown model: HTTP 400/401/403/404).
+    """
+    from teacher_labeling.engine import TeacherStopped, describe_error
+    from toolkit.schema import load_schema
+
+    endpoint = config.endpoint
+    teacher = OpenAITeacher(endpoint, load_schema())  # the schema is unused by the judge
+    teacher.check_ready()
+
+    # Items wait here before their photos are encoded, so a large split is not held in
+    # memory as data URLs all at once; twice the request slots keeps the endpoint busy.
+    gate = asyncio.Semaphore(2 * endpoint.max_concurrency)
+
+    async def one(item: JudgeItem) -> JudgeResult:
+        async with gate:
+            result = await _judge_one(teacher, item)
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    try:
+        outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+    finally:
+        await teacher.close()
+    stopped = next((o for o in outcomes if isinstance(o, TeacherStopped)), None)
+    if stopped is not None:
+        reason = describe_error(stopped.__cause__) if stopped.__cause__ else str(stopped)
+        done = sum(isinstance(o, JudgeResult) for o in outcomes)
+        raise CroptuneError(
+            f"the LLM judge stopped after {done} of {len(items)} items: {reason} "
+            f"(model {endpoint.model!r} at {endpoint.base_url or 'the OpenAI API'}); check the "
+            f"judge config's model, base_url and the key variable {endpoint.api_key_env}"
+        ) from stopped
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return list(outcomes)  # type: ignore[arg-type]
+
+
+def judge_items_sync(
+    config: JudgeConfig,
+    items: list[JudgeItem],
+    on_result: Callable[[JudgeResult], None] | None = None,
+) -> list[JudgeResult]:
+    """judge_items from synchronous code (runs its own event loop)."""
+    return asyncio.run(judge_items(config, items, on_result))
+
+
+def bucket_rates(results: list[JudgeResult]) -> dict[str, Any]:
+    """Fractions of judged field values per bucket (None when none was judged), and counts."""
+    counts = Counter(bucket for result in results for bucket in result.buckets.values())
+    judged = sum(counts.values())
+    rates: dict[str, Any] = {
+        bucket: round(counts[bucket] / judged, 4) if judged else None for bucket in BUCKETS
+    }
+    rates["judged_fields"] = judged
+    rates["unanswered_fields"] = sum(
+        len(result.unanswered) for result in results if result.error is None
+    )
+    rates["failed_items"] = sum(result.error is not None for result in results)
+    return rates
