@@ -171,7 +171,26 @@ def prepare_ultralytics() -> Path:
     if SETTINGS.get("sync", True):
         SETTINGS.update(sync=False)
     _place_fonts(Path(USER_CONFIG_DIR))
+    _restore_pil_open()
     return Path(USER_CONFIG_DIR)
+
+
+def _restore_pil_open() -> None:
+    """Undo ultralytics' process-wide patch of PIL.Image.open.
+
+    On a file PIL cannot identify, the patched open pip-installs pi-heif (or raises
+    ModuleNotFoundError offline) instead of raising UnidentifiedImageError, which would turn
+    croptune's "corrupt image" message for one item into a crash or an install.
+    """
+    from PIL import Image
+
+    try:
+        from ultralytics.utils import patches
+    except ImportError:  # an ultralytics without the patch
+        return
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is getattr(patches, "image_open", None):
+        Image.open = original
 
 
 def _place_fonts(config_dir: Path) -> None:

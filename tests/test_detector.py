@@ -359,3 +359,22 @@ def test_trained_detector_predicts_on_the_oriented_photo(trained, tmp_path):
             assert box.image == index and box.source == DETECTOR_SOURCE
             assert 0 <= box.x1 < box.x2 <= image.width and 0 <= box.y1 < box.y2 <= image.height
             assert 0.001 <= box.score <= 1
+
+
+def test_importing_ultralytics_leaves_corrupt_image_errors_alone(tmp_path):
+    # ultralytics patches PIL.Image.open to pip-install a HEIF plugin on unknown files;
+    # croptune undoes that so a corrupt photo stays a per-item error, not an install or crash
+    from PIL import Image, UnidentifiedImageError
+
+    from finetune.detector import prepare_ultralytics
+    from toolkit.images import ImageLoadError, decode_image
+
+    prepare_ultralytics()
+    import ultralytics  # noqa: F401  - the whole package, as training imports it
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(corrupt)
+    with pytest.raises(ImageLoadError, match="not an image"):
+        decode_image(corrupt.read_bytes())
