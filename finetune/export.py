@@ -99,6 +99,14 @@ def lint_adapter(adapter_dir: Path) -> list[LintProblem]:
     """Every way a PEFT LoRA folder breaks vLLM's LoRA rules (config and tensor names)."""
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file() and (adapter_dir / "config.json").is_file():
+        raise CroptuneError(
+            f"{adapter_dir} holds a whole model (such as `croptune train` writes with tuning: "
+            "full), not a LoRA adapter: `croptune export` bundles LoRA adapters for vLLM's "
+            "--lora-modules. "
+            f"Score it with `croptune evaluate --model {adapter_dir}`; serve it as a model of "
+            "its own (`vllm serve` on the folder), or train with tuning: lora to export"
+        )
     if not config_path.is_file():
         raise CroptuneError(
             f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json); pass the "
@@ -737,6 +745,7 @@ def _write_detector(source: Path, target: Path) -> dict[str, Any]:
     for name in (WEIGHTS_FILE, ONNX_FILE, METRICS_FILE):
         if (source / name).is_file():
             shutil.copy2(source / name, target)
+    _path_free_checkpoint(target / WEIGHTS_FILE)
     settings = _read_yaml(source / CONFIG_FILE)
     settings.pop("run", None)  # the training machine's run folder
     (target / CONFIG_FILE).write_text(
@@ -750,6 +759,32 @@ def _write_detector(source: Path, target: Path) -> dict[str, Any]:
         "box_source": settings.get("box_source"),
         "metrics": settings.get("metrics"),
     }
+
+
+def _path_free_checkpoint(weights: Path) -> None:
+    """Drop what an ultralytics checkpoint records of the training machine: its train_args
+    (also kept on the model and its EMA as `args`) hold the dataset, project and run folders,
+    its `git` entry the checkout's folder and commit."""
+    with open(weights, "rb") as handle:
+        if handle.read(2) != b"PK":
+            return  # not a torch zip checkpoint (nothing of ultralytics' to clean)
+    import torch
+
+    from finetune.detector import prepare_ultralytics
+
+    prepare_ultralytics()  # unpickling imports ultralytics' classes
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        return
+    checkpoint.pop("git", None)
+    args = checkpoint.get("train_args")
+    if isinstance(args, dict):
+        checkpoint["train_args"] = _without_paths(args)
+    for key in ("model", "ema"):
+        model = checkpoint.get(key)
+        if isinstance(getattr(model, "args", None), dict):
+            model.args = _without_paths(model.args)
+    torch.save(checkpoint, weights)
 
 
 def _clean_tokenizer_config(path: Path, base_id: str) -> None:

@@ -16,7 +16,7 @@ from toolkit.errors import CroptuneError
 app = typer.Typer(
     name="croptune",
     help="Label a product catalog with teacher VLMs, crop what they box, fine-tune a small "
-    "Gemma 3 student with LoRA, and export it for vLLM.",
+    "student (Gemma 3, Qwen2.5-VL) with LoRA, and export it for vLLM.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -39,14 +39,6 @@ logger = logging.getLogger("croptune")
 class _State:
     verbose = False
     progress = True
-
-
-class NotBuiltYet(CroptuneError):
-    """A command of the design that this version does not implement."""
-
-
-def _not_built(command: str, issue: str) -> None:
-    raise NotBuiltYet(f"`croptune {command}` is not built yet in croptune {_version()} ({issue}).")
 
 
 def _version() -> str:
@@ -75,11 +67,25 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     _console().print(table)
 
 
+def _print_version(value: bool) -> None:
+    """--version: print and exit before any command is looked for."""
+    if value:
+        typer.echo(f"croptune {_version()}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and full tracebacks."),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Progress bars on long work (on stderr)."
+    ),
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print croptune's version and exit.",
+        is_eager=True,
+        callback=_print_version,
     ),
 ) -> None:
     _State.verbose = verbose
@@ -351,6 +357,11 @@ def dataset_build(
     _table(f"croptune dataset build ({out})", rows)
 
 
+def _loss(value: float | None) -> str:
+    """A loss for a summary table: 4 decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
@@ -375,10 +386,16 @@ def train(
         "croptune train",
         [
             ("steps", str(result.steps)),
-            ("train loss first -> last", f"{result.first_loss} -> {result.last_loss}"),
+            (
+                "train loss first -> last",
+                f"{_loss(result.first_loss)} -> {_loss(result.last_loss)}",
+            ),
             ("validation loss", "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"),
             ("seconds", f"{result.seconds:.1f}"),
-            ("adapter", str(result.adapter_dir)),
+            (
+                "model (full tuning)" if result.tuning == "full" else "adapter",
+                str(result.adapter_dir),
+            ),
         ],
     )
 
@@ -595,18 +612,106 @@ def predict(
     catalog: Path = typer.Argument(..., help="The catalog to predict."),
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder from `export`."),
     out: Path = typer.Option(..., "--out", help="Predictions JSONL."),
+    workdir: Path | None = typer.Option(
+        None,
+        "--workdir",
+        help="Work folder (a run store: resume, boxes, crops); default: beside --out "
+        "(preds.jsonl -> preds.work).",
+    ),
+    box_source: str | None = typer.Option(
+        None,
+        "--box-source",
+        help="detector | teacher | none (default: the bundle's box_source in croptune.yaml).",
+    ),
+    teacher_config: Path | None = typer.Option(
+        None,
+        "--teacher-config",
+        help="With --box-source teacher: a teacher config YAML, or a label config with one "
+        "box teacher (keys only from the variable its api_key_env names).",
+    ),
+    endpoint: str | None = typer.Option(
+        None,
+        "--endpoint",
+        help="Ask an OpenAI-compatible server instead of loading the student: its base URL "
+        "(e.g. http://127.0.0.1:8000/v1, vLLM serving the base with --lora-modules) or an "
+        "endpoint YAML as for `evaluate`.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="With --endpoint URL: the model name (default: the LoRA name)."
+    ),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="With --endpoint URL: the NAME of the key variable."
+    ),
+    base_model: str | None = typer.Option(
+        None,
+        "--base-model",
+        help="Load the base from here (local folder or hub id) instead of croptune.yaml's, "
+        "with the bundle's adapter on top.",
+    ),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Items per generate call."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", min=1, help="Answer length limit (default: the bundle's)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N items."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Accept image paths that leave the catalog folder."
+    ),
 ) -> None:
-    """Boxes -> the training-time crops -> student -> one JSON per item."""
-    _not_built("predict", "planned with crops at inference")
+    """Boxes -> the training-time crops -> student -> one JSON per item (resumable)."""
+    from toolkit.pipeline import run_predict
+
+    summary = run_predict(
+        catalog,
+        bundle,
+        out,
+        workdir=workdir,
+        box_source=box_source,
+        teacher_config=teacher_config,
+        endpoint=endpoint,
+        model=model,
+        api_key_env=api_key_env,
+        base_model=base_model,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        allow_outside=allow_outside_paths,
+        progress=_State.progress,
+    )
+    stats = summary.stats
+    per_stage = stats["seconds_per_item"]
+    _table(
+        f"croptune predict ({out})",
+        [
+            ("items", str(summary.items)),
+            ("predicted (of them resumed)", f"{summary.predicted} ({summary.resumed})"),
+            ("failed", str(summary.failed)),
+            ("box source, student", f"{stats['box_source']}, {stats['student']}"),
+            (
+                "ms per item: " + ", ".join(per_stage),
+                ", ".join(
+                    "n/a" if d is None else f"{d['mean'] * 1000:.0f}" for d in per_stage.values()
+                ),
+            ),
+            (
+                "items/s",
+                "n/a" if stats["items_per_second"] is None else str(stats["items_per_second"]),
+            ),
+            ("work folder, stats", f"{summary.workdir}, {summary.stats_file}"),
+        ],
+    )
+    if summary.failed:
+        typer.echo(
+            f"croptune: {summary.failed} of {summary.items} item(s) failed; their error "
+            f"records are in {out}",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def main() -> None:
     """Entry point of the `croptune` console script."""
     try:
         app()
-    except NotBuiltYet as exc:
-        typer.echo(f"croptune: {exc}", err=True)
-        sys.exit(2)
     except CroptuneError as exc:
         if _State.verbose:
             traceback.print_exc()

@@ -523,6 +523,7 @@ class _ItemJob:
     phash_crops: list[str]  # paths of existing crops without a pHash
     config: CropConfig
     run_dir: Path
+    images: dict[int, Image.Image] | None = None  # decoded originals the caller already has
 
 
 @dataclass
@@ -545,7 +546,9 @@ def _cut_item(job: _ItemJob) -> _ItemResult:
     wanted = sorted(set(plans_by_image) | (set(job.phash_originals) if dedupe else set()))
     for index in wanted:
         try:
-            image = load_ingested_image(job.rows[index])
+            image = (job.images or {}).get(index)
+            if image is None:
+                image = load_ingested_image(job.rows[index])
         except ImageLoadError as exc:
             message = str(exc) if str(exc).startswith("image ") else f"image {index}: {exc}"
             result.errors.append((index, message))
@@ -622,6 +625,27 @@ def crop_run(
     for _ in track(items, "crop", progress):
         entry, result = next(finished)
         _record(store, entry, result, config, config_hash, summary)
+    return summary
+
+
+def crop_item(
+    store: RunStore,
+    item_id: str,
+    config: CropConfig,
+    images: dict[int, Image.Image] | None = None,
+) -> CropSummary:
+    """Cut, de-duplicate and store ONE item's crops: crop_run's work for one item.
+
+    `predict` runs it item by item on its own run store. images: the item's decoded
+    originals by index (oriented RGB, as load_ingested_image gives them), if at hand.
+    """
+    (store.run_dir / "crops").mkdir(exist_ok=True)
+    config_hash = config.config_hash()
+    summary = CropSummary(strategy=config.strategy)
+    entry = _prepare(store, item_id, config, config_hash)
+    if entry.job is not None:
+        entry.job.images = images
+    _record(store, entry, _cut_item(entry.job) if entry.job else None, config, config_hash, summary)
     return summary
 
 

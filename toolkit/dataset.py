@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from toolkit.crops import select_images
 from toolkit.errors import CroptuneError
 from toolkit.images import ImageLoadError, load_image
 from toolkit.schema import AttributeSchema, extraction_prompt, listing_text
-from toolkit.store import CropRow, RunStore
+from toolkit.store import CropRow, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -238,14 +239,17 @@ def build_dataset(
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for item_id in track(list(candidates), "dataset", progress):
         entry = candidates[item_id]
+        item = entry["item"]
         try:
-            images = _example_images(store, item_id, config, crop_config_hash)
+            images, prompt = item_example(store, item, schema, config, crop_config_hash)
         except ImageLoadError as exc:
             summary.left_out["image unreadable"] = summary.left_out.get("image unreadable", 0) + 1
             store.log_event("dataset", str(exc), item_id=item_id)
             continue
-        item = entry["item"]
-        prompt = extraction_prompt(schema, listing_text(item.title, item.text))
+        # Stored losslessly: `datasets` re-encodes an image that still carries its source
+        # format (a JPEG photo, a JPEG crop) in that format at quality 75, which would give
+        # training pixels that `predict` (and evaluation of a served model) never sees.
+        images = [_lossless(image) for image in images]
         row = example_row(images, prompt, answer_text(entry["attributes"]))
         row.update(item_id=item_id, category=item.category or "")
         rows[splits[item_id]].append(row)
@@ -275,13 +279,37 @@ def build_dataset(
     return summary
 
 
-def _example_images(
-    store: RunStore, item_id: str, config: DatasetConfig, crop_config_hash: str | None
+def item_example(
+    store: RunStore,
+    item: ItemRow,
+    schema: AttributeSchema,
+    config: DatasetConfig,
+    crop_config_hash: str | None,
+    originals: Mapping[int, Image.Image] | None = None,
+) -> tuple[list[Image.Image], str]:
+    """The images and the prompt text of one item's example: what training shows the student.
+
+    The one code path of `dataset build` and `predict` (which runs it on its own run store,
+    with boxes from the bundle's detector), so serving sees exactly the training pixels.
+    originals: the item's decoded originals by image index, when the caller has them.
+    """
+    images = example_images(store, item.item_id, config, crop_config_hash, originals)
+    return images, extraction_prompt(schema, listing_text(item.title, item.text))
+
+
+def example_images(
+    store: RunStore,
+    item_id: str,
+    config: DatasetConfig,
+    crop_config_hash: str | None,
+    originals: Mapping[int, Image.Image] | None = None,
 ) -> list[Image.Image]:
     """The item's images for the strategy, without pHash duplicates, under the budget.
 
     Budget priority: the main photo, then the crops, then the other photos. An original or
     crop the crop stage marked as repeating another image used here is left out.
+    originals: already decoded originals by index (oriented RGB, as load_ingested_image
+    returns them), so they are not decoded again.
     """
     rows = [r for r in store.images(item_id) if r.usable]
     crops = _latest_crops(store.crops(item_id), crop_config_hash)
@@ -302,10 +330,21 @@ def _example_images(
     by_index = {r.index: r for r in rows}
     images = []
     for index in keep_originals:
-        images.append(_downscale(load_ingested_image(by_index[index]), config.max_image_side))
+        decoded = originals.get(index) if originals is not None else None
+        if decoded is None:
+            decoded = load_ingested_image(by_index[index])
+        images.append(_downscale(decoded, config.max_image_side))
     for index in keep_crops:
         images.append(load_image(str(store.run_dir / crops[index].path)).image)
     return images
+
+
+_example_images = example_images  # the earlier private name
+
+
+def _lossless(image: Image.Image) -> Image.Image:
+    """The image without its source format, so `datasets` stores it as PNG (lossless)."""
+    return image.copy() if image.format is not None else image
 
 
 def _latest_crops(crops: list[CropRow], config_hash: str | None) -> list[CropRow]:

@@ -158,6 +158,112 @@ def model_backend(
     return TransformersBackend(value, **options)
 
 
+PREDICT_ANSWERS_DIR = "answers"  # inside predict's work folder: endpoint answers (a RunStore)
+
+
+def run_predict(
+    catalog_path: Path,
+    bundle_dir: Path,
+    out: Path,
+    *,
+    workdir: Path | None = None,
+    box_source: str | None = None,
+    teacher_config: Path | None = None,
+    endpoint: str | None = None,
+    model: str | None = None,
+    api_key_env: str | None = None,
+    base_model: str | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    allow_outside: bool = False,
+    progress: bool = False,
+) -> Any:
+    """Predict a catalog with a bundle: its box source (or box_source), its crops, its student.
+
+    The student runs in-process (the bundle's merged/ model, or base + adapter/), or behind
+    an OpenAI-compatible `endpoint` (a base URL with `model`, or an endpoint YAML).
+    """
+    from finetune.predict import (
+        BOX_SOURCES,
+        DetectorBoxes,
+        NoBoxes,
+        bundle_backend,
+        default_workdir,
+        load_bundle,
+        predict_catalog,
+    )
+
+    bundle = load_bundle(bundle_dir)
+    source = box_source or bundle.box_source
+    if source not in BOX_SOURCES:
+        raise CroptuneError(f"unknown box source {source!r}; use detector, teacher or none")
+    if teacher_config is not None and source != "teacher":
+        raise CroptuneError("--teacher-config is for --box-source teacher")
+    boxes: Any = NoBoxes()
+    if source == "detector":
+        if bundle.detector_dir is None:
+            raise CroptuneError(
+                f"bundle {bundle_dir} ships no detector/; export it with --detector DIR, or "
+                "pass --box-source teacher (with --teacher-config) or --box-source none"
+            )
+        boxes = DetectorBoxes(bundle.detector_dir)
+    elif source == "teacher":
+        from teacher_labeling.box_source import TeacherBoxes, box_teacher_config
+
+        recorded = bundle.manifest.get("box_teacher")
+        if teacher_config is None and not recorded:
+            raise CroptuneError(
+                "--box-source teacher needs --teacher-config FILE (a teacher config, or a label "
+                "config with one box teacher), or a box_teacher: section in croptune.yaml"
+            )
+        boxes = TeacherBoxes(box_teacher_config(teacher_config or recorded), bundle.schema)
+    workdir = workdir or default_workdir(out)
+    if endpoint is not None:
+        from teacher_labeling.endpoint import (
+            EndpointBackend,
+            EndpointConfig,
+            is_endpoint_config,
+            load_endpoint_config,
+        )
+
+        if is_endpoint_config(endpoint):
+            config = load_endpoint_config(endpoint)
+        elif endpoint.lower().endswith((".yaml", ".yml")):
+            raise CroptuneError(f"endpoint config {endpoint} does not exist")
+        else:
+            name = model or bundle.lora_name
+            # JPEG at 100 with 4:4:4 chroma: the closest the request engine sends to the
+            # lossless pixels the student was trained on.
+            config = EndpointConfig(
+                name=name, model=name, base_url=endpoint, api_key_env=api_key_env, jpeg_quality=100
+            )
+        backend = EndpointBackend(
+            config, workdir / PREDICT_ANSWERS_DIR, max_new_tokens or bundle.max_new_tokens
+        )
+    else:
+        if model is not None or api_key_env is not None:
+            raise CroptuneError("--model and --api-key-env go with --endpoint URL")
+        backend = bundle_backend(bundle, base_model, batch_size, max_new_tokens)
+    if endpoint is not None:  # items in flight at once: the endpoint's own concurrency
+        batch_size = max(batch_size, min(backend.config.max_concurrency, 32))
+    try:
+        return predict_catalog(
+            bundle,
+            catalog_path,
+            out,
+            backend,
+            boxes,
+            workdir=workdir,
+            batch_size=batch_size,
+            limit=limit,
+            allow_outside=allow_outside,
+            progress=progress,
+        )
+    finally:
+        backend.close()
+
+
 def teacher_labels(source: Path, item_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Each teacher's own answers for these items: {teacher: {item_id: attributes}}.
 

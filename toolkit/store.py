@@ -494,6 +494,15 @@ class RunStore:
         with self.transaction() as conn:
             conn.execute(sql, params)
 
+    def forget_crops(self, item_id: str) -> None:
+        """Drop an item's crop rows and pHash marks (every config); the files stay on disk.
+
+        For boxes that were replaced: crops cut from the old ones must not be used.
+        """
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM crops WHERE item_id=?", (item_id,))
+            conn.execute("DELETE FROM image_phash WHERE item_id=?", (item_id,))
+
     def set_image_phashes(
         self, item_id: str, config_hash: str, phashes: dict[int, tuple[str | None, str | None]]
     ) -> None:

@@ -1,0 +1,176 @@
+"""A box teacher as `predict`'s box source (box_source: teacher).
+
+The same request, coordinate conversion, parser and box cleaning as labeling a run: the
+photo is sent at the teacher's convention's size (a smart_resize fixed point for
+qwen2.5-vl), the answer is parsed by `teacher_labeling.parse.parse_boxes` into oriented
+pixels and clipped by `toolkit.boxes.clean_boxes`. Answers are cached in predict's work
+store under the teacher cache key, so a resumed predict asks nothing twice.
+
+It implements finetune.predict.BoxSource (structurally: `finetune` and `teacher_labeling`
+never import each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image
+from pydantic import ValidationError
+
+from teacher_labeling.conventions import sent_size
+from teacher_labeling.parse import parse_boxes
+from teacher_labeling.teachers import (
+    OpenAITeacher,
+    Teacher,
+    TeacherConfig,
+    TeacherError,
+    build_teacher,
+)
+from toolkit.boxes import Box, clean_boxes
+from toolkit.errors import CroptuneError
+from toolkit.schema import AttributeSchema, load_schema
+from toolkit.store import ItemRow, RunStore
+
+logger = logging.getLogger(__name__)
+
+
+def box_teacher_config(value: dict[str, Any] | Path | str) -> TeacherConfig:
+    """The one box teacher of a mapping or YAML file: a teacher config, or a label config
+    whose `teachers:` hold exactly one with role boxes (or both)."""
+    origin = "croptune.yaml box_teacher"
+    data: Any = value
+    if not isinstance(value, dict):
+        path = Path(value)
+        origin = str(path)
+        if not path.is_file():
+            raise CroptuneError(f"teacher config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise CroptuneError(f"teacher config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CroptuneError(f"teacher config {origin} must hold a mapping")
+    entries = data.get("teachers") if "teachers" in data else [data]
+    try:
+        configs = [TeacherConfig.model_validate(entry) for entry in entries or []]
+    except ValidationError as exc:
+        raise CroptuneError(f"teacher config {origin} is not valid:\n{exc}") from exc
+    boxers = [c for c in configs if c.role in ("boxes", "both")]
+    if len(boxers) != 1:
+        names = ", ".join(c.name for c in boxers) or "none"
+        raise CroptuneError(
+            f"teacher config {origin} must name exactly one box teacher (role: boxes or both); "
+            f"it has {len(boxers)} ({names})"
+        )
+    return boxers[0].model_copy(update={"role": "boxes"})
+
+
+class TeacherBoxes:
+    """Boxes of new photos asked from a box teacher (any OpenAI-compatible server, or the
+    catalog's own reference boxes with `kind: reference`)."""
+
+    def __init__(
+        self,
+        config: TeacherConfig,
+        schema: AttributeSchema | None = None,
+        client: Any = None,
+    ) -> None:
+        schema = schema or load_schema()
+        self.config = config
+        self.name = config.name
+        self.teacher: Teacher = (
+            OpenAITeacher(config, schema, client=client)
+            if client is not None
+            else build_teacher(config, schema)
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.asked = 0
+
+    def key(self) -> str:
+        """The teacher's identity as far as its boxes go (model, server, convention, sizes)."""
+        c = self.config
+        return "teacher:" + json.dumps(
+            [c.kind, c.model, c.base_url, c.coords, c.min_pixels, c.max_pixels, c.temperature,
+             c.max_tokens, c.jpeg_quality]
+        )  # fmt: skip
+
+    def prepare(self) -> None:
+        """Fail before the first item when the key variable is missing."""
+        check = getattr(self.teacher, "check_ready", None)
+        if check is not None:
+            check()
+
+    def boxes(
+        self,
+        item: ItemRow,
+        images: dict[int, Image.Image],
+        hashes: dict[int, str],
+        store: RunStore,
+    ) -> list[Box]:
+        """The teacher's boxes on every photo of an item (asked concurrently, cached)."""
+        if self._loop is None:
+            # One loop for the whole run: the teacher's HTTP client and limiters live in it.
+            self._loop = asyncio.new_event_loop()
+        per_image = self._loop.run_until_complete(self._item_boxes(item, images, hashes, store))
+        for result in per_image:
+            if isinstance(result, BaseException):
+                raise result
+        return [box for boxes in per_image for box in boxes]  # type: ignore[union-attr]
+
+    async def _item_boxes(
+        self,
+        item: ItemRow,
+        images: dict[int, Image.Image],
+        hashes: dict[int, str],
+        store: RunStore,
+    ) -> list[Any]:
+        return await asyncio.gather(
+            *(
+                self._image_boxes(item, index, images[index], hashes[index], store)
+                for index in sorted(images)
+            ),
+            return_exceptions=True,  # every photo's request finishes (and is cached)
+        )
+
+    async def _image_boxes(
+        self, item: ItemRow, index: int, image: Image.Image, image_hash: str, store: RunStore
+    ) -> list[Box]:
+        config = self.config
+        original = image.size
+        sent_wh = sent_size(config.coords, *original, config.min_pixels, config.max_pixels)
+        sent = image if sent_wh == original else image.resize(sent_wh, Image.Resampling.BICUBIC)
+        request = self.teacher.boxes_request(item, index, sent, image_hash, original)
+        if config.coords == "qwen2.5-vl":
+            request.parameters["pixels"] = [config.min_pixels, config.max_pixels]
+        key = request.cache_key
+        cached = store.cached_response(key)
+        if cached is not None:
+            text, usage = cached["text"], None
+        else:
+            try:
+                answer = await self.teacher.answer(request, item)
+            except TeacherError as exc:
+                raise TeacherError(f"image {index}: {exc}") from exc
+            self.asked += 1
+            text, usage = answer.text, answer.usage
+        boxes, notes = parse_boxes(text, index, config.coords, sent_wh, original)
+        boxes, problems = clean_boxes(boxes, {index: original})
+        for note in notes + problems:
+            store.log_event("predict", note, "warning", item.item_id, self.name, index)
+        if usage is not None:  # cached once it parsed: an unusable answer is asked again
+            store.record_answer(key, self.name, config.model, item.item_id, index, text, usage)
+        return [
+            Box(b.image, *b.xyxy, label=b.label, source=self.name, score=b.score) for b in boxes
+        ]
+
+    def close(self) -> None:
+        """Close the teacher's connections and the event loop."""
+        if self._loop is not None:
+            self._loop.run_until_complete(self.teacher.close())
+            self._loop.close()
+            self._loop = None
