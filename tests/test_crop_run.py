@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from toolkit.boxes import Box
 from toolkit.crops import CropConfig, crop_run
-from toolkit.dataset import DatasetConfig, _example_images
+from toolkit.dataset import DatasetConfig, example_images
 from toolkit.images import file_stat, load_image
 from toolkit.store import SCHEMA_VERSION, CropRow, ImageRow, ItemRow, RunStore
 
@@ -69,12 +69,12 @@ def test_a_reencoded_copy_is_a_duplicate_and_different_photos_are_kept(store, tm
     assert (summary.duplicates, summary.duplicate_originals, summary.duplicate_crops) == (1, 1, 0)
     assert summary.images_per_box_crop == [4] and summary.images_after == [3]
     # The dataset leaves the copy out (its examples list originals, then crops).
-    images = _example_images(store, "I", DatasetConfig(), config_hash)
+    images = example_images(store, "I", DatasetConfig(), config_hash)
     assert len(images) == 3
     assert np.array_equal(np.asarray(images[1]), _pixels(other))
     assert np.array_equal(np.asarray(images[2]), _pixels(store.run_dir / crop.path))
     # Only the originals: the copy is still a duplicate of the main photo.
-    assert len(_example_images(store, "I", DatasetConfig(strategy="originals"), config_hash)) == 2
+    assert len(example_images(store, "I", DatasetConfig(strategy="originals"), config_hash)) == 2
 
 
 def test_a_crop_covering_its_whole_photo_is_a_duplicate(store, tmp_path):
@@ -88,10 +88,10 @@ def test_a_crop_covering_its_whole_photo_is_a_duplicate(store, tmp_path):
     assert summary.duplicate_crops == 1 and summary.images_after == [1]
     assert summary.uncovered == 1 and summary.cut_by_budget == 0  # seen in the photo instead
     assert (store.run_dir / crop.path).is_file()  # kept on disk, not used
-    images = _example_images(store, "I", DatasetConfig(), config.config_hash())
+    images = example_images(store, "I", DatasetConfig(), config.config_hash())
     assert len(images) == 1
     # Crops only: the photo is not used, so the crop is.
-    assert len(_example_images(store, "I", DatasetConfig(strategy="crops"), config.config_hash()))
+    assert len(example_images(store, "I", DatasetConfig(strategy="crops"), config.config_hash()))
     # De-duplication off: the crop is used.
     off = CropConfig(**EXACT, phash_threshold=-1)
     assert crop_run(store, off).images_after == [2]
@@ -117,7 +117,7 @@ def test_budget_keeps_main_photo_then_crops_then_photos(store, tmp_path):
     assert summary.images_after == [3]  # main photo, crop of image 1, crop of image 2
     assert summary.uncovered == 2 and summary.cut_by_budget == 2  # image 3's crop was cut
     assert summary.images_per_box_crop == [8]
-    images = _example_images(store, "I", DatasetConfig(max_images_per_item=3), config.config_hash())
+    images = example_images(store, "I", DatasetConfig(max_images_per_item=3), config.config_hash())
     expected = [_pixels(photos[0])] + [_pixels(store.run_dir / c.path) for c in crops[:2]]
     assert len(images) == 3
     for image, pixels in zip(images, expected, strict=True):

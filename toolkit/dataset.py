@@ -339,9 +339,6 @@ def example_images(
     return images
 
 
-_example_images = example_images  # the earlier private name
-
-
 def _lossless(image: Image.Image) -> Image.Image:
     """The image without its source format, so `datasets` stores it as PNG (lossless)."""
     return image.copy() if image.format is not None else image
