@@ -98,6 +98,15 @@ class TrainConfig(BaseModel):
     eval_on_start: bool = Field(
         False, description="Also evaluate before the first step: a baseline validation loss"
     )
+    tuning: Literal["lora", "full"] | None = Field(
+        None,
+        description="lora: train a LoRA adapter, saved to OUTPUT_DIR/adapter (the base stays "
+        "frozen; vLLM serves it); full: train every weight and save the whole model with its "
+        "processor to OUTPUT_DIR/model (for randomly initialised experiment students such as "
+        "tiny-scratch, which LoRA cannot teach; `croptune evaluate --model OUTPUT_DIR/model` "
+        "loads it, `croptune export` does not bundle it); None = the preset's tuning (lora for "
+        "every preset but tiny-scratch). The lora_* and adapt settings apply to lora only",
+    )
     qlora: bool = Field(
         False,
         description="Load the base in 4-bit NF4 (bitsandbytes, pip extra 'qlora') and train LoRA "
@@ -163,13 +172,14 @@ class TrainConfig(BaseModel):
 class TrainResult:
     """What a training run produced."""
 
-    adapter_dir: Path
+    adapter_dir: Path  # OUTPUT_DIR/adapter; OUTPUT_DIR/model (the whole model) when full
     steps: int
     losses: list[float] = field(default_factory=list)
     first_loss: float | None = None
     last_loss: float | None = None
     eval_loss: float | None = None
     seconds: float = 0.0
+    tuning: str = "lora"  # lora | full
 
 
 def _maybe_number(value: Any) -> Any:
@@ -591,6 +601,9 @@ def build_trainer(
             "eval_steps is set but the dataset has no validation examples; skipping eval"
         )
     bf16 = _use_bf16(config, preset.torch_dtype)
+    tuning = config.tuning or preset.tuning
+    if tuning == "full" and config.qlora:
+        raise CroptuneError("qlora trains LoRA on a 4-bit base; it cannot go with tuning=full")
     # Checked before loading the model, so a typo in sft_args fails in seconds, not minutes.
     args = _sft_config(config, bf16, eval_enabled, progress)
     checkpoint = resolve_checkpoint(config)
@@ -605,7 +618,8 @@ def build_trainer(
         train_dataset=splits["train"],
         eval_dataset=eval_split if eval_enabled else None,
         processing_class=processor,
-        peft_config=_lora_config(config, preset.family),
+        # Full tuning: no peft wrapper, every parameter of the model trains.
+        peft_config=_lora_config(config, preset.family) if tuning == "lora" else None,
         callbacks=[_log_callback(), *(callbacks or [])],
     )
     extra = image_processor_kwargs(processor)
@@ -618,6 +632,7 @@ def build_trainer(
         "bf16": bf16,
         "eval": eval_enabled,
         "qlora": config.qlora,
+        "tuning": tuning,
         "resume_from": checkpoint,
         "dataset": dataset_stats(splits),
     }
@@ -627,7 +642,7 @@ def build_trainer(
 def train(
     config: TrainConfig, progress: bool = False, callbacks: list[Any] | None = None
 ) -> TrainResult:
-    """Fine-tune the student with LoRA and save a self-contained adapter folder."""
+    """Fine-tune the student and save a self-contained adapter (or, tuning=full, model) folder."""
     trainer, facts = build_trainer(config, progress=progress, callbacks=callbacks)
     logger.info(
         "training %s on %d examples (%s)",
@@ -644,13 +659,14 @@ def train(
     eval_loss = trainer.evaluate()["eval_loss"] if facts["eval"] else None
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     result = TrainResult(
-        adapter_dir=Path(config.output_dir) / "adapter",
+        adapter_dir=Path(config.output_dir) / ("model" if facts["tuning"] == "full" else "adapter"),
         steps=trainer.state.global_step,
         losses=losses,
         first_loss=losses[0] if losses else None,
         last_loss=losses[-1] if losses else None,
         eval_loss=eval_loss,
         seconds=round(seconds, 3),
+        tuning=facts["tuning"],
     )
     _save_artifacts(trainer, config, facts, result)
     return result
@@ -660,7 +676,8 @@ def _save_artifacts(
     trainer: Any, config: TrainConfig, facts: dict[str, Any], result: TrainResult
 ) -> None:
     adapter_dir = result.adapter_dir
-    # save_model writes the PEFT adapter and the processor: the folder is enough to run inference.
+    # save_model writes the PEFT adapter (tuning=full: the whole model) and the processor:
+    # the folder is enough to run inference.
     trainer.save_model(str(adapter_dir))
     save_train_config(config, adapter_dir / "train_config.yaml")
     stats = {
@@ -673,4 +690,4 @@ def _save_artifacts(
         "log_history": trainer.state.log_history,
     }
     (adapter_dir / "train_stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
-    logger.info("saved adapter to %s", adapter_dir)
+    logger.info("saved %s to %s", "model" if result.tuning == "full" else "adapter", adapter_dir)
