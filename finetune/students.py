@@ -363,7 +363,30 @@ def _tiny_gemma3_processor(lines: list[str] | None = None, words: tuple[str, ...
     )
 
 
-def _tiny_gemma3_model(tokenizer: object, seed: int) -> object:
+@dataclass(frozen=True)
+class _Gemma3Sizes:
+    """Sizes of a tiny Gemma 3 and how its random weights start."""
+
+    hidden: int
+    mlp: int
+    heads: int
+    vision_hidden: int
+    vision_mlp: int
+    vision_layers: int
+    vision_heads: int
+    # At the default std 0.02 the tied embeddings cap every logit near +-1.3, so no LoRA on
+    # the decoder can lower the loss much below ln(vocab); trained Gemma embeddings are far
+    # larger. x10 lets the tiny student's LoRA learn (tests/test_train_options.py's toy).
+    # 1 for students whose every weight trains.
+    embedding_scale: float = 1.0
+
+
+# The LoRA test student (~171k parameters) and the from-scratch experiment student (~1.04M).
+_TINY_SIZES = _Gemma3Sizes(64, 128, 2, 32, 64, 1, 2, embedding_scale=10.0)
+_SCRATCH_SIZES = _Gemma3Sizes(128, 256, 4, 128, 256, 4, 4)
+
+
+def _tiny_gemma3_model(tokenizer: object, seed: int, sizes: _Gemma3Sizes = _TINY_SIZES) -> object:
     import torch
     from transformers import (
         Gemma3Config,
@@ -375,10 +398,10 @@ def _tiny_gemma3_model(tokenizer: object, seed: int) -> object:
     ids = tokenizer.convert_tokens_to_ids
     text_config = Gemma3TextConfig(
         vocab_size=_TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=sizes.hidden,
+        intermediate_size=sizes.mlp,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=sizes.heads,
         num_key_value_heads=1,
         head_dim=32,
         query_pre_attn_scalar=32,
@@ -392,10 +415,10 @@ def _tiny_gemma3_model(tokenizer: object, seed: int) -> object:
     vision_config = SiglipVisionConfig(
         image_size=_TINY_IMAGE_SIZE,
         patch_size=14,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
+        hidden_size=sizes.vision_hidden,
+        intermediate_size=sizes.vision_mlp,
+        num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=sizes.vision_heads,
         vision_use_head=False,
     )
     config = Gemma3Config(
@@ -409,14 +432,12 @@ def _tiny_gemma3_model(tokenizer: object, seed: int) -> object:
     )
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).eval()
-    # At the default std 0.02 the tied embeddings cap every logit near +-1.3, so no LoRA on
-    # the decoder can lower the loss much below ln(vocab); trained Gemma embeddings are far
-    # larger. x10 lets the tiny student's LoRA learn (tests/test_train_options.py's toy).
     with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(10.0)
+        if sizes.embedding_scale != 1.0:
+            model.get_input_embeddings().weight.mul_(sizes.embedding_scale)
         # transformers initialises the projector weight to zeros (checkpoints overwrite it):
-        # left so, every image feature is 0, images cannot change the answer and vision-tower
-        # LoRA gets no gradient. Random like the other weights, images reach the decoder.
+        # left so, every image feature is 0, images cannot change the answer and the vision
+        # tower gets no gradient. Random like the other weights, images reach the decoder.
         projector = model.model.multi_modal_projector.mm_input_projection_weight
         projector.normal_(std=config.text_config.initializer_range)
     # Stop at <end_of_turn> like the real Gemma 3 instruct models.
@@ -457,63 +478,6 @@ def _scratch_corpus_lines() -> list[str]:
     return [*_corpus_lines(), *instructions, "whole words: " + " ".join(_scratch_words())]
 
 
-def _tiny_scratch_model(tokenizer: object, seed: int) -> object:
-    import torch
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
-
-    ids = tokenizer.convert_tokens_to_ids
-    text_config = Gemma3TextConfig(
-        vocab_size=_TINY_VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,
-        query_pre_attn_scalar=32,
-        max_position_embeddings=8192,
-        sliding_window=512,
-        layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=ids("<pad>"),
-        eos_token_id=ids("<eos>"),
-        bos_token_id=ids("<bos>"),
-    )
-    vision_config = SiglipVisionConfig(
-        image_size=_TINY_IMAGE_SIZE,
-        patch_size=14,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        vision_use_head=False,
-    )
-    config = Gemma3Config(
-        text_config=text_config,
-        vision_config=vision_config,
-        mm_tokens_per_image=_TINY_IMAGE_TOKENS,
-        boi_token_index=ids("<start_of_image>"),
-        eoi_token_index=ids("<end_of_image>"),
-        image_token_index=ids("<image_soft_token>"),
-    )
-    torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        # The projector starts at zeros in transformers (checkpoints overwrite it); random,
-        # the vision tower gets gradient from the first step. No embedding scaling: every
-        # weight trains here, unlike the LoRA-only tiny student.
-        projector = model.model.multi_modal_projector.mm_input_projection_weight
-        projector.normal_(std=config.text_config.initializer_range)
-    model.generation_config.eos_token_id = [ids("<eos>"), ids("<end_of_turn>")]
-    model.generation_config.pad_token_id = ids("<pad>")
-    model.generation_config.bos_token_id = ids("<bos>")
-    return model
-
-
 def build_tiny_scratch_gemma3(out_dir: Path, seed: int = 0) -> Path:
     """Build the ~1M-parameter random-init Gemma 3 for from-scratch experiments (tiny-scratch).
 
@@ -524,7 +488,7 @@ def build_tiny_scratch_gemma3(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     processor = _tiny_gemma3_processor(_scratch_corpus_lines(), _scratch_words())
-    model = _tiny_scratch_model(processor.tokenizer, seed)
+    model = _tiny_gemma3_model(processor.tokenizer, seed, _SCRATCH_SIZES)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     logger.info("built tiny-scratch Gemma 3 student in %s", out_dir)
