@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from PIL import Image
 from pydantic import ValidationError
 
@@ -32,6 +31,7 @@ from teacher_labeling.teachers import (
     build_teacher,
 )
 from toolkit.boxes import Box, clean_boxes
+from toolkit.config import read_yaml_config
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import ItemRow, RunStore
@@ -47,12 +47,7 @@ def box_teacher_config(value: dict[str, Any] | Path | str) -> TeacherConfig:
     if not isinstance(value, dict):
         path = Path(value)
         origin = str(path)
-        if not path.is_file():
-            raise CroptuneError(f"teacher config {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise CroptuneError(f"teacher config {path} is not valid YAML: {exc}") from exc
+        data = read_yaml_config(path)
     if not isinstance(data, dict):
         raise CroptuneError(f"teacher config {origin} must hold a mapping")
     entries = data.get("teachers") if "teachers" in data else [data]

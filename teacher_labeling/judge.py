@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from teacher_labeling.parse import AnswerParseError, extract_json
 from teacher_labeling.teachers import OpenAITeacher, TeacherConfig, TeacherRequest
+from toolkit.config import read_yaml_config
 from toolkit.errors import CroptuneError
 from toolkit.metrics import flatten_fields
 
@@ -101,12 +101,9 @@ class JudgeConfig(BaseModel):
 def load_judge_config(path: Path | str) -> JudgeConfig:
     """A judge config from YAML, validated."""
     path = Path(path)
-    if not path.is_file():
-        raise CroptuneError(f"judge config {path} does not exist")
+    data = read_yaml_config(path)  # missing file, bad YAML, not a mapping: one message each
     try:
-        return JudgeConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except yaml.YAMLError as exc:
-        raise CroptuneError(f"judge config {path} is not valid YAML: {exc}") from exc
+        return JudgeConfig.model_validate(data)
     except ValidationError as exc:
         raise CroptuneError(f"judge config {path} is not valid:\n{exc}") from exc
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from teacher_labeling.conventions import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Coords, from_pixels
 from teacher_labeling.cost import Price, image_tokens, price_for, text_tokens
 from teacher_labeling.prompts import attributes_prompt, boxes_prompt
+from toolkit.config import read_yaml_config
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, listing_text
 from toolkit.store import ItemRow
@@ -128,12 +128,9 @@ class LabelConfig(BaseModel):
 def load_label_config(path: Path | str) -> LabelConfig:
     """A labeling config from YAML, validated."""
     path = Path(path)
-    if not path.is_file():
-        raise CroptuneError(f"label config {path} does not exist")
+    data = read_yaml_config(path)  # missing file, bad YAML, not a mapping: one message each
     try:
-        return LabelConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except yaml.YAMLError as exc:
-        raise CroptuneError(f"label config {path} is not valid YAML: {exc}") from exc
+        return LabelConfig.model_validate(data)
     except ValidationError as exc:
         raise CroptuneError(f"label config {path} is not valid:\n{exc}") from exc
 
