@@ -176,15 +176,23 @@ class _Block:
 
 def make_example_catalog(out_dir: Path, n_items: int = 30, seed: int = 0) -> Path:
     """Write a synthetic catalog (catalog.jsonl + img/) and return the catalog path."""
+    return _write_catalog(
+        out_dir, n_items, lambda img_dir, index: _make_item(img_dir, index, seed), "synthetic"
+    )
+
+
+def _write_catalog(
+    out_dir: Path, n_items: int, make_item: Callable[[Path, int], dict], kind: str
+) -> Path:
+    """catalog.jsonl (one line per make_item(img_dir, index)) and img/ under out_dir."""
     out_dir = Path(out_dir)
     img_dir = out_dir / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     catalog = out_dir / "catalog.jsonl"
     with catalog.open("w", encoding="utf-8", newline="\n") as fh:
         for index in range(n_items):
-            item = _make_item(img_dir, index, seed)
-            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-    log.info("wrote %d synthetic items to %s", n_items, catalog)
+            fh.write(json.dumps(make_item(img_dir, index), ensure_ascii=False) + "\n")
+    log.info("wrote %d %s items to %s", n_items, kind, catalog)
     return catalog
 
 
@@ -708,15 +716,12 @@ def make_marks_catalog(out_dir: Path, n_items: int = 200, seed: int = 0) -> Path
     Each item has 1-4 photos of 448x448, one of which carries the mark's sticker; its
     reference box covers the sticker and its reference attributes name the one mark.
     """
-    out_dir = Path(out_dir)
-    img_dir = out_dir / "img"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    catalog = out_dir / "catalog.jsonl"
-    with catalog.open("w", encoding="utf-8", newline="\n") as fh:
-        for index in range(n_items):
-            fh.write(json.dumps(_make_marks_item(img_dir, index, seed), ensure_ascii=False) + "\n")
-    log.info("wrote %d certification-mark items to %s", n_items, catalog)
-    return catalog
+    return _write_catalog(
+        out_dir,
+        n_items,
+        lambda img_dir, index: _make_marks_item(img_dir, index, seed),
+        "certification-mark",
+    )
 
 
 def _make_marks_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
