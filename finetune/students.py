@@ -25,9 +25,10 @@ TINY_MODEL = "croptune:tiny"
 TINY_QWEN_MODEL = "croptune:tiny-qwen"
 TINY_SCRATCH_MODEL = "croptune:tiny-scratch"
 # Bump when a tiny builder changes what it writes: cached builds are keyed by it.
-TINY_BUILDER_VERSION = 3
+# v4: newline-run tokens and the published vision weight names, so vLLM loads the tiny Gemma 3.
+TINY_BUILDER_VERSION = 4
 # Bump when build_tiny_scratch_gemma3 changes what it writes (only its cache is rebuilt).
-TINY_SCRATCH_VERSION = 1
+TINY_SCRATCH_VERSION = 2
 _COMPLETE_MARKER = ".croptune-complete"
 
 # The Gemma 3 special tokens the processor and chat template rely on, in vocabulary order.
@@ -45,6 +46,10 @@ _SPECIAL_TOKENS = [
     "<image_soft_token>",
 ]
 _BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
+# Real Gemma vocabularies hold runs of newlines as single tokens, and vLLM's Gemma 3 processor
+# looks them up by name (it re-merges the "\n\n" around image tokens): without them it cannot start.
+# Each run with the merge that builds it.
+_NEWLINE_RUNS = {"\n\n": ("\n", "\n"), "\n\n\n": ("\n\n", "\n"), "\n\n\n\n": ("\n\n", "\n\n")}
 _TINY_VOCAB_SIZE = 1024
 _TINY_IMAGE_SIZE = 112
 _TINY_IMAGE_TOKENS = 16
@@ -325,7 +330,29 @@ def _train_tiny_bpe(
     )
     bpe.train_from_iterator(lines, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
-    return state["vocab"], [tuple(m) for m in state["merges"]]
+    return _with_newline_runs(state["vocab"], [tuple(m) for m in state["merges"]], vocab_size)
+
+
+def _with_newline_runs(
+    vocab: dict[str, int], merges: list[tuple[str, str]], vocab_size: int
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab/merges with "\n\n", "\n\n\n", "\n\n\n\n" as tokens that BPE builds first.
+
+    The newline merges go ahead of all others, so "\n\n" always becomes one token, as in
+    Gemma's tokenizer (vLLM assumes it when it places image tokens). The last learnt merges
+    make room for any that are new, keeping the vocabulary within vocab_size.
+    """
+    runs = _NEWLINE_RUNS
+    vocab, merges = dict(vocab), [m for m in merges if "".join(m) not in runs]
+    for token in runs:
+        vocab.pop(token, None)
+    while len(vocab) + len(runs) > vocab_size:  # drop the newest merges' tokens
+        token = "".join(merges.pop())
+        vocab.pop(token, None)
+    # Re-number densely (ids are the vocabulary order) with the runs at the end.
+    ordered = [token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    ordered += list(runs)
+    return {token: i for i, token in enumerate(ordered)}, list(runs.values()) + merges
 
 
 def _tiny_gemma3_processor(lines: list[str] | None = None, words: tuple[str, ...] = ()) -> object:
@@ -453,7 +480,7 @@ def build_tiny_gemma3(out_dir: Path, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     processor = _tiny_gemma3_processor()
     model = _tiny_gemma3_model(processor.tokenizer, seed)
-    model.save_pretrained(out_dir)
+    save_model_folder(model, out_dir)
     processor.save_pretrained(out_dir)
     logger.info("built tiny Gemma 3 student in %s", out_dir)
     return out_dir
@@ -489,7 +516,7 @@ def build_tiny_scratch_gemma3(out_dir: Path, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     processor = _tiny_gemma3_processor(_scratch_corpus_lines(), _scratch_words())
     model = _tiny_gemma3_model(processor.tokenizer, seed, _SCRATCH_SIZES)
-    model.save_pretrained(out_dir)
+    save_model_folder(model, out_dir)
     processor.save_pretrained(out_dir)
     logger.info("built tiny-scratch Gemma 3 student in %s", out_dir)
     return out_dir
@@ -672,10 +699,84 @@ def build_tiny_qwen25vl(out_dir: Path, seed: int = 0) -> Path:
         top_k=1,
         repetition_penalty=1.05,
     )
-    model.save_pretrained(out_dir)
+    save_model_folder(model, out_dir)
     processor.save_pretrained(out_dir)
     logger.info("built tiny Qwen2.5-VL student in %s", out_dir)
     return out_dir
+
+
+# Weight-name prefixes as the published checkpoints have them, per model_type: what vLLM's
+# loaders expect. transformers 5 loads google/gemma-3-*'s vision_tower.vision_model.* into a
+# flattened SigLIP and writes that layout back, but a Gemma 3 built from a config saves
+# vision_tower.* bare, which vLLM 0.32 refuses ("no module or parameter named
+# 'vision_tower.embeddings'").
+_CHECKPOINT_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "gemma3": (("vision_tower.", "vision_tower.vision_model."),),
+}
+
+
+def save_model_folder(model: object, out_dir: Path) -> Path:
+    """Save a model with the weight names of its family's published checkpoints."""
+    model.save_pretrained(out_dir)
+    restore_checkpoint_names(Path(out_dir))
+    return Path(out_dir)
+
+
+def checkpoint_name_problems(folder: Path) -> list[str]:
+    """Weight names in a model folder that the published checkpoints (and vLLM) spell otherwise."""
+    renames = _CHECKPOINT_PREFIXES.get(_model_type(folder), ())
+    return [
+        name
+        for shard in sorted(Path(folder).glob("*.safetensors"))
+        for name in _tensor_names(shard)
+        if _renamed(name, renames) != name
+    ]
+
+
+def restore_checkpoint_names(folder: Path) -> int:
+    """Rename a saved model's weights to the published checkpoints' names; how many changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    renames = _CHECKPOINT_PREFIXES.get(_model_type(folder), ())
+    changed: dict[str, str] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        names = {name: _renamed(name, renames) for name in _tensor_names(shard)}
+        if all(old == new for old, new in names.items()):
+            continue
+        with safe_open(str(shard), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {names[name]: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        save_file(tensors, str(shard), metadata=metadata)
+        changed.update({old: new for old, new in names.items() if old != new})
+    index = folder / "model.safetensors.index.json"
+    if changed and index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data["weight_map"] = {changed.get(k, k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return len(changed)
+
+
+def _renamed(name: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for bare, published in renames:
+        if name.startswith(bare) and not name.startswith(published):
+            return published + name[len(bare) :]
+    return name
+
+
+def _model_type(folder: Path) -> str:
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return ""
+    return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", ""))
+
+
+def _tensor_names(shard: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt") as handle:
+        return list(handle.keys())
 
 
 def silence_known_warnings() -> None:

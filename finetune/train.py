@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 LANGUAGE_MODEL_LORA_TARGET = LORA_TARGETS["gemma3"]["language"].modules
 # What `adapt` may name: the language model always, plus the vision tower and/or projector.
 Adapt = Literal["language", "language+vision", "language+projector", "language+vision+projector"]
-# Ranks vLLM accepts for LoRA adapters (vllm.config.lora.LoRAConfig.max_lora_rank choices).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# vLLM's --max-lora-rank choices (vllm.config.lora.LoRAConfig.max_lora_rank). An adapter of
+# any rank up to the server's --max-lora-rank loads: rank 4 serves under --max-lora-rank 8.
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -128,13 +129,18 @@ class TrainConfig(BaseModel):
         description="Qwen2.5-VL only: most pixels an image is resized to; image tokens = pixels / 784",
         ge=1,
     )
-    lora_r: int = Field(8, description=f"LoRA rank; vLLM serves only {list(VLLM_LORA_RANKS)}")
+    lora_r: int = Field(
+        8,
+        description=f"LoRA rank; vLLM serves 1..{VLLM_MAX_LORA_RANKS[-1]} (the server's "
+        "--max-lora-rank must be at least this)",
+    )
     lora_alpha: int = Field(16, description="LoRA scaling numerator (scale = alpha / r)", gt=0)
     lora_dropout: float = Field(0.05, description="Dropout on the LoRA input", ge=0, lt=1)
     adapt: Adapt = Field(
         "language",
         description="Where LoRA goes: the language model (vLLM serves it as is), plus the vision "
-        "tower and/or the projector (vLLM applies those only with --enable-tower-connector-lora)",
+        "tower and/or the projector (a LoRA vLLM serves without those; serve the merged export "
+        "to include them)",
     )
     lora_target: str | list[str] | None = Field(
         None,
@@ -148,9 +154,10 @@ class TrainConfig(BaseModel):
     @field_validator("lora_r")
     @classmethod
     def _servable_rank(cls, value: int) -> int:
-        if value not in VLLM_LORA_RANKS:
+        if not 1 <= value <= VLLM_MAX_LORA_RANKS[-1]:
             raise ValueError(
-                f"lora_r={value} cannot be served by vLLM; choose one of {list(VLLM_LORA_RANKS)}"
+                f"lora_r={value} cannot be served by vLLM, whose largest --max-lora-rank is "
+                f"{VLLM_MAX_LORA_RANKS[-1]}; choose 1..{VLLM_MAX_LORA_RANKS[-1]}"
             )
         return value
 
@@ -423,9 +430,11 @@ def _lora_config(config: TrainConfig, family: str) -> Any:
         )
     if config.lora_target is None and config.adapt != "language":
         logger.warning(
-            "adapt=%s: vLLM ignores the vision tower and projector LoRA weights unless served "
-            "with --enable-tower-connector-lora, and may refuse them for some models; "
-            "transformers (croptune evaluate) applies them",
+            "adapt=%s: vLLM 0.32 ignores vision-tower and projector LoRA weights (Gemma 3's "
+            "projector, a bare parameter, makes it refuse the adapter), and "
+            "--enable-tower-connector-lora crashes it on Gemma 3; serve the merged model "
+            "(croptune export --merge) to serve what this trains. transformers (croptune "
+            "evaluate) applies them",
             config.adapt,
         )
     # Only what vLLM can serve: no bias, no modules_to_save, no DoRA, default init.
@@ -679,6 +688,10 @@ def _save_artifacts(
     # save_model writes the PEFT adapter (tuning=full: the whole model) and the processor:
     # the folder is enough to run inference.
     trainer.save_model(str(adapter_dir))
+    if result.tuning == "full":
+        from finetune.students import restore_checkpoint_names
+
+        restore_checkpoint_names(adapter_dir)  # the names vLLM loads, like any base checkpoint
     save_train_config(config, adapter_dir / "train_config.yaml")
     stats = {
         **facts,

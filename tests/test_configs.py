@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from finetune.students import LORA_TARGETS, list_presets, load_preset
-from finetune.train import VLLM_LORA_RANKS, load_train_config, lora_target_of
+from finetune.train import VLLM_MAX_LORA_RANKS, load_train_config, lora_target_of
 from teacher_labeling.teachers import load_label_config
 from toolkit.config import load_stage_config
 from toolkit.crops import CropConfig
@@ -34,7 +34,8 @@ def test_shipped_config_loads(path):
         load_stage_config(CropConfig, path, [])
     elif path.name.startswith("train"):
         config = load_train_config(path, [])
-        assert config.lora_r in VLLM_LORA_RANKS
+        # the largest --max-lora-rank vLLM has
+        assert 1 <= config.lora_r <= VLLM_MAX_LORA_RANKS[-1]
         # vLLM-servable default: LoRA on the language model only, for every family.
         assert config.lora_target is None and config.adapt == "language"
         family = load_preset(config.student).family

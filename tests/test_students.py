@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -203,3 +204,81 @@ def test_resolve_student_builds_once_and_rebuilds_half_built(tmp_path):
     assert resolve_student("croptune:tiny", tmp_path) == built
     assert weights.stat().st_size > 100_000
     assert marker.is_file()
+
+
+# --------------------------------------------------------------------------- what vLLM needs
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # the LoRA test student
+        "croptune:tiny",
+        # the from-scratch experiment student
+        "croptune:tiny-scratch",
+        # the tiny Qwen2.5-VL (its checkpoint names need no change)
+        "croptune:tiny-qwen",
+    ],
+)
+def test_tiny_builds_name_their_weights_as_published_checkpoints(name):
+    from safetensors import safe_open
+
+    from finetune.students import checkpoint_name_problems
+
+    folder = Path(resolve_student(name))
+    assert checkpoint_name_problems(folder) == []
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        names = list(handle.keys())
+    if "qwen" not in name:  # Gemma 3: the SigLIP tower under vision_model, as google/gemma-3-*
+        vision = [n for n in names if n.startswith("vision_tower.")]
+        assert vision and all(n.startswith("vision_tower.vision_model.") for n in vision)
+
+
+@pytest.mark.parametrize("name", ["croptune:tiny", "croptune:tiny-scratch"])
+def test_tiny_gemma_vocabulary_holds_newline_runs_as_single_tokens(name):
+    """vLLM's Gemma 3 processor looks these up by name and refuses to start without them."""
+    from transformers import AutoProcessor
+
+    tokenizer = AutoProcessor.from_pretrained(resolve_student(name)).tokenizer
+    vocab = tokenizer.get_vocab()
+    runs = ["\n\n", "\n\n\n", "\n\n\n\n"]
+    assert all(run in vocab for run in runs)
+    assert len(vocab) <= 1024 and max(vocab.values()) < 1024  # the model's embedding rows
+    # Each run is one token, as in Gemma's own tokenizer (vLLM merges them so around images).
+    for run in runs:
+        assert tokenizer.tokenize(f"a{run}b") == ["a", run, "b"], run
+
+
+def test_restore_checkpoint_names_renames_once_and_transformers_loads_the_same_weights(
+    tiny_student, tmp_path
+):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText
+
+    from finetune.students import checkpoint_name_problems, restore_checkpoint_names
+
+    # A folder as transformers 5 writes a config-built Gemma 3: vision weights bare.
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    for path in Path(tiny_student).iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    weights = load_file(str(folder / "model.safetensors"))
+    bare = {n.replace("vision_tower.vision_model.", "vision_tower."): w for n, w in weights.items()}
+    save_file(bare, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    problems = checkpoint_name_problems(folder)
+    assert problems and all(
+        n.startswith("vision_tower.embeddings") or "encoder" in n or "post_layernorm" in n
+        for n in problems
+    )
+
+    assert restore_checkpoint_names(folder) == len(problems)
+    assert restore_checkpoint_names(folder) == 0  # idempotent
+    assert checkpoint_name_problems(folder) == []
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(weights)
+    original = AutoModelForImageTextToText.from_pretrained(tiny_student).state_dict()
+    restored = AutoModelForImageTextToText.from_pretrained(str(folder)).state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)

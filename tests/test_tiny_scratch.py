@@ -134,6 +134,11 @@ def test_full_tuning_changes_every_weight_and_saves_a_model(scratch, full_run):
     assert before.keys() == after.keys() and len(before) > 50
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert unchanged == []
+    # Saved with the weight names vLLM loads, like the base it started from.
+    from finetune.students import checkpoint_name_problems
+
+    assert checkpoint_name_problems(result.adapter_dir) == []
+    assert any(name.startswith("vision_tower.vision_model.") for name in after)
 
 
 def test_full_model_loads_and_answers_like_evaluate_does(full_run, marks_dataset, tmp_path):
