@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from finetune.train import VLLM_LORA_RANKS
+from finetune.train import VLLM_MAX_LORA_RANKS
 from toolkit.errors import CroptuneError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ PROCESSOR_FILES = (
 )
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 BUNDLE_FILE = "croptune.yaml"
+OFFLINE_BASE_DIR = "base"  # BUNDLE/base: the base model, when no hub has it
 DEFAULT_MAX_NEW_TOKENS = 1024
 
 # Module names vLLM treats as the vision tower or the projector (Gemma 3, Qwen2.5-VL, LLaVA).
@@ -69,9 +70,14 @@ _LORA_TENSOR = re.compile(r"\.(lora_[AB]\.weight|lora_embedding_[AB])$")
 _ENV_SECRET = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 _VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
 _HF_CACHE_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
+# The vLLM version whose behaviour each rule below was checked against (tests/test_vllm.py
+# loads an adapter breaking each rule into a real server and asserts what the lint says).
+VLLM_CHECKED = "0.32.0"
 _FIX_LANGUAGE_ONLY = (
-    "retrain with `adapt: language` (LoRA on the language model only, the default), or serve "
-    "with `--enable-tower-connector-lora` (vLLM's experimental tower/connector LoRA)"
+    "retrain with `adapt: language` (LoRA on the language model only, the default), or export "
+    "with --merge and serve merged/, which holds the vision weights as trained. Not "
+    f"--enable-tower-connector-lora: with it vLLM {VLLM_CHECKED} crashes its engine at the first "
+    "image request on Gemma 3 (`einsum(): subscript b has size ...` in siglip.py)"
 )
 
 
@@ -154,30 +160,30 @@ def lint_adapter_config(config: dict[str, Any]) -> list[LintProblem]:
             f"peft_type = {peft_type!r}; vLLM serves LoRA adapters only",
             "train a LoRA adapter (croptune train does)",
         )
-    rank = config.get("r")
-    if rank not in VLLM_LORA_RANKS:
+    # Any rank up to the server's --max-lora-rank loads (rank 4 under --max-lora-rank 8 serves
+    # the same logprobs as peft), and so do rank_pattern/alpha_pattern: the server's flag, not
+    # the adapter, must be one of VLLM_MAX_LORA_RANKS. The card picks it (lora.max_lora_rank).
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    bad = [r for r in ranks if not isinstance(r, int) or isinstance(r, bool) or r < 1]
+    too_big = [r for r in ranks if r not in bad and r > VLLM_MAX_LORA_RANKS[-1]]
+    if bad or too_big:
+        rank = (bad or too_big)[0]
         add(
             "rank",
             "error",
-            f"r = {rank!r} is not a rank vLLM serves ({', '.join(map(str, VLLM_LORA_RANKS))})",
-            f"retrain with lora_r={_servable_rank(rank)}",
+            f"r = {rank!r}: vLLM loads ranks from 1 up to its --max-lora-rank, at most "
+            f"{VLLM_MAX_LORA_RANKS[-1]} (a larger one gets HTTP 500 'LoRA rank {rank} is greater "
+            "than max_lora_rank')",
+            f"retrain with lora_r of at most {VLLM_MAX_LORA_RANKS[-1]}",
         )
-    for key in ("rank_pattern", "alpha_pattern"):
-        if config.get(key):
-            add(
-                key.replace("_", "-"),
-                "error",
-                f"{key} = {json.dumps(config[key])}; vLLM scales every module by lora_alpha / r "
-                "and ignores per-module patterns, so the served model would differ",
-                f"retrain without {key} (one r and lora_alpha for all modules)",
-            )
     to_save = [m for m in config.get("modules_to_save") or [] if m not in _ALLOWED_MODULES_TO_SAVE]
     if to_save:
         add(
             "modules-to-save",
             "error",
-            f"modules_to_save = {json.dumps(config['modules_to_save'])}; vLLM loads LoRA "
-            "weights only (a fully trained copy of a module is allowed for classifier/score)",
+            f"modules_to_save = {json.dumps(config['modules_to_save'])}; vLLM refuses to load "
+            'it (\'vLLM only supports modules_to_save being either None or ["classifier", '
+            '"score"] for classification models\')',
             "retrain with modules_to_save unset (croptune's default); to teach new tokens, "
             "extend the base model instead",
         )
@@ -185,7 +191,7 @@ def lint_adapter_config(config: dict[str, Any]) -> list[LintProblem]:
         add(
             "dora",
             "error",
-            "use_dora = true; vLLM does not serve DoRA adapters",
+            "use_dora = true; vLLM refuses to load it ('vLLM does not yet support DoRA.')",
             "retrain with use_dora: false, or merge the adapter (--merge) and serve merged/",
         )
     bias = config.get("bias", "none")
@@ -193,14 +199,15 @@ def lint_adapter_config(config: dict[str, Any]) -> list[LintProblem]:
         add(
             "bias",
             "error",
-            f"bias = {bias!r}; vLLM serves adapters with bias 'none' only",
+            f"bias = {bias!r}; vLLM refuses to load it ('Adapter bias is not supported.')",
             "retrain with bias: none (croptune's default)",
         )
     if config.get("lora_bias"):
         add(
             "lora-bias",
             "error",
-            "lora_bias = true; vLLM does not load LoRA bias tensors",
+            "lora_bias = true; vLLM refuses to load it ('vLLM does not support LoRA bias "
+            "(lora_bias).')",
             "retrain with lora_bias: false",
         )
     init = config.get("init_lora_weights", True)
@@ -209,7 +216,8 @@ def lint_adapter_config(config: dict[str, Any]) -> list[LintProblem]:
             "init",
             "error",
             f"init_lora_weights = {init!r} rewrites the base model's weights, so the adapter "
-            "is wrong on the unmodified base vLLM loads",
+            "is wrong on the unmodified base; vLLM refuses to load it ('vLLM does not support "
+            f"init_lora_weights={init!r}')",
             "retrain with init_lora_weights: true, or convert the adapter when saving (peft "
             "save_pretrained(..., path_initial_model_for_weight_conversion=...))",
         )
@@ -218,7 +226,8 @@ def lint_adapter_config(config: dict[str, Any]) -> list[LintProblem]:
             "target-parameters",
             "error",
             f"target_parameters = {json.dumps(config['target_parameters'])}; vLLM loads LoRA on "
-            "modules only, not on bare parameters (peft's ParamWrapper)",
+            "modules only and refuses the adapter ('expected target modules in {...} but "
+            "received [...]')",
             "retrain with `adapt: language` or `language+vision` (Gemma 3's projector is a "
             "bare parameter that only target_parameters reaches)",
         )
@@ -242,8 +251,9 @@ def lint_adapter_config(config: dict[str, Any]) -> list[LintProblem]:
             "vision-target",
             "warning",
             f"target_modules = {json.dumps(config.get('target_modules'))} also matches "
-            f"vision-tower/projector layers (e.g. {matched[0]}); vLLM ignores LoRA weights "
-            "there unless the server runs with --enable-tower-connector-lora",
+            f"vision-tower/projector layers (e.g. {matched[0]}); vLLM loads the adapter and "
+            "ignores the LoRA weights there without a word (the served model sees images as "
+            "the base does) unless the server runs with --enable-tower-connector-lora",
             _FIX_LANGUAGE_ONLY,
         )
     return problems
@@ -280,28 +290,33 @@ def lint_tensor_names(
                 "vision-weights",
                 "warning",
                 f"{where}: {len(vision)} LoRA tensor(s) sit on the vision tower/projector "
-                f"(e.g. {vision[0]}); vLLM ignores them unless the server runs with "
-                "--enable-tower-connector-lora, so it would serve a different model",
+                f"(e.g. {vision[0]}); vLLM loads the adapter and ignores them without a word "
+                "unless the server runs with --enable-tower-connector-lora, so it would serve a "
+                "different model",
                 _FIX_LANGUAGE_ONLY,
             )
         )
-    ranks = {
-        shape[0]
-        for name, shape in shapes.items()
-        if name.endswith((".lora_A.weight", ".lora_embedding_A")) and shape
-    }
-    odd = sorted(r for r in ranks if r not in VLLM_LORA_RANKS and r != config.get("r"))
-    if odd:
+    too_big = sorted(r for r in tensor_ranks(shapes) if r > VLLM_MAX_LORA_RANKS[-1])
+    if too_big:
         problems.append(
             LintProblem(
                 "tensor-rank",
                 "error",
-                f"{where}: LoRA A matrices of rank {odd} (config r = {config.get('r')!r}); vLLM "
-                f"serves ranks {', '.join(map(str, VLLM_LORA_RANKS))}",
-                f"retrain with one rank for all modules, e.g. lora_r={_servable_rank(max(odd))}",
+                f"{where}: LoRA A matrices of rank {too_big}; vLLM's largest --max-lora-rank is "
+                f"{VLLM_MAX_LORA_RANKS[-1]}",
+                f"retrain with lora_r of at most {VLLM_MAX_LORA_RANKS[-1]}",
             )
         )
     return problems
+
+
+def tensor_ranks(shapes: dict[str, list[int]]) -> set[int]:
+    """The ranks of an adapter's LoRA A matrices (several with rank_pattern)."""
+    return {
+        shape[0]
+        for name, shape in shapes.items()
+        if name.endswith((".lora_A.weight", ".lora_embedding_A")) and shape
+    }
 
 
 def _foreign_reason(name: str) -> str:
@@ -316,11 +331,11 @@ def _foreign_reason(name: str) -> str:
     return "not a lora_A/lora_B weight"
 
 
-def _servable_rank(rank: Any) -> int:
-    """The smallest rank vLLM serves at or above `rank` (the largest if none)."""
+def max_lora_rank(rank: Any) -> int:
+    """The smallest --max-lora-rank choice of vLLM that serves an adapter of this rank."""
     if not isinstance(rank, int):
-        return VLLM_LORA_RANKS[1]
-    return next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1])
+        return VLLM_MAX_LORA_RANKS[1]
+    return next((r for r in VLLM_MAX_LORA_RANKS if r >= rank), VLLM_MAX_LORA_RANKS[-1])
 
 
 def _vision_matches(targets: Any, excluded: Any) -> list[str]:
@@ -486,12 +501,15 @@ def _mm_processor_kwargs(train_config: dict[str, Any], preset: Any) -> dict[str,
 def _lora_facts(adapter_dir: Path, train_config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():  # the tensors are what the server must hold
+        ranks += tensor_ranks(safetensors_shapes(weights))
     return {
         "r": config.get("r"),
         "alpha": config.get("lora_alpha"),
         "target_modules": config.get("target_modules"),
         "adapt": train_config.get("adapt", "language"),
-        "max_lora_rank": _servable_rank(max(ranks)),
+        "max_lora_rank": max_lora_rank(max(ranks)),
     }
 
 
@@ -564,6 +582,8 @@ def bundle_manifest(
     return {
         "croptune_version": _version(),
         "base_model": base_model,
+        # A folder of the bundle holding the base, for bases no hub has (croptune's tiny ones).
+        "base_folder": None,
         "student": train_config.get("student"),
         "family": getattr(preset, "family", None),
         "lora_name": lora_name or _default_lora_name(train_config.get("student")),
@@ -599,6 +619,9 @@ def bundle_manifest(
         },
         "image_budget": dataset_config.get("max_images_per_item"),
         "image_tokens": getattr(preset, "image_tokens", None),
+        # The weights' dtype training and evaluation used. vLLM's "auto" turns a float32
+        # checkpoint into bfloat16 for Gemma 3, which moves logprobs by ~0.02 on the tiny one.
+        "dtype": getattr(preset, "torch_dtype", None),
         "mm_processor_kwargs": _mm_processor_kwargs(train_config, preset),
         # Where crops come from at inference: "detector" (BUNDLE/detector, set by export),
         # else "none": the caller brings boxes (a teacher) or sends originals only.
@@ -677,10 +700,13 @@ def export_bundle(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _write_adapter(adapter_dir, staging / "adapter", base_id)
+        base_folder = _write_offline_base(adapter_dir, staging / OFFLINE_BASE_DIR, base_id)
         detector = _write_detector(detector_dir, staging / "detector") if detector_dir else None
         manifest = bundle_manifest(
             adapter_dir, base_id, metrics, problems, lora_name, dataset_dir, merged=merge
         )
+        if base_folder:
+            manifest["base_folder"] = OFFLINE_BASE_DIR
         if detector:
             manifest["box_source"] = "detector"
             manifest["detector"] = detector
@@ -730,6 +756,27 @@ def _write_adapter(adapter_dir: Path, target: Path, base_id: str) -> None:
         logger.warning(
             "%s holds no processor/tokenizer files; users will load the base model's", adapter_dir
         )
+
+
+def _write_offline_base(adapter_dir: Path, target: Path, base_id: str) -> Path | None:
+    """A copy of a croptune-built base (no hub has it) that `vllm serve ./base` loads."""
+    if not base_id.startswith("croptune:"):
+        return None
+    source = Path(_local_base(adapter_dir))
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and not path.name.startswith("."):  # not the build-complete marker
+            shutil.copy2(path, target)
+    from finetune.students import checkpoint_name_problems
+
+    misnamed = checkpoint_name_problems(target)
+    if misnamed:
+        raise CroptuneError(
+            f"the base model in {source} names weights as vLLM cannot load them (e.g. "
+            f"{misnamed[0]}); delete that folder so croptune builds it again"
+        )
+    _name_model_folder(target, base_id)
+    return target
 
 
 def _write_detector(source: Path, target: Path) -> dict[str, Any]:
@@ -787,6 +834,16 @@ def _path_free_checkpoint(weights: Path) -> None:
     torch.save(checkpoint, weights)
 
 
+def _name_model_folder(target: Path, base_id: str) -> None:
+    """A model folder's config and tokenizer config naming the base by id, not by a path."""
+    config = json.loads((target / "config.json").read_text(encoding="utf-8"))
+    if "_name_or_path" in config:
+        config["_name_or_path"] = base_id
+        (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if (target / "tokenizer_config.json").is_file():
+        _clean_tokenizer_config(target / "tokenizer_config.json", base_id)
+
+
 def _clean_tokenizer_config(path: Path, base_id: str) -> None:
     """Drop what describes how the training machine loaded files, not the tokenizer."""
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -803,7 +860,7 @@ def _write_merged(adapter_dir: Path, target: Path, base_id: str) -> None:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from finetune.students import resolve_student, silence_known_warnings
+    from finetune.students import resolve_student, save_model_folder, silence_known_warnings
 
     silence_known_warnings()
     base = resolve_student(base_model_of(adapter_dir))
@@ -814,17 +871,12 @@ def _write_merged(adapter_dir: Path, target: Path, base_id: str) -> None:
         raise CroptuneError(f"cannot load the base model {base_id!r} to merge: {exc}") from exc
     with torch.no_grad():
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(target))
+    save_model_folder(merged, target)
     processor_source = (
         adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
     )
     AutoProcessor.from_pretrained(str(processor_source)).save_pretrained(str(target))
-    config = json.loads((target / "config.json").read_text(encoding="utf-8"))
-    if "_name_or_path" in config:
-        config["_name_or_path"] = base_id
-        (target / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if (target / "tokenizer_config.json").is_file():
-        _clean_tokenizer_config(target / "tokenizer_config.json", base_id)
+    _name_model_folder(target, base_id)
 
 
 # --------------------------------------------------------------------------- leaks
@@ -888,21 +940,42 @@ def serve_command(manifest: dict[str, Any]) -> str:
     """The `vllm serve` command for the bundle, run from the bundle folder."""
     lora = manifest.get("lora") or {}
     budget = manifest.get("image_budget") or 9
+    base = manifest["base_model"]
+    if manifest.get("base_folder"):  # the bundle's copy, under the base's own name
+        base = f"./{manifest['base_folder']} --served-model-name {base}"
     lines = [
-        f"vllm serve {manifest['base_model']}",
+        f"vllm serve {base}",
         "--enable-lora",
         f"--lora-modules {manifest['lora_name']}=./adapter",
         f"--max-lora-rank {lora.get('max_lora_rank') or 8}",
         f"--limit-mm-per-prompt '{json.dumps({'image': budget})}'",
         f"--max-model-len {_max_model_len(manifest)}",
     ]
+    if manifest.get("dtype"):
+        lines.append(f"--dtype {manifest['dtype']}")
     template = (manifest.get("prompt") or {}).get("chat_template")
     if template:
         lines.insert(5, f"--chat-template ./{template}")
     if manifest.get("mm_processor_kwargs"):
         lines.append(f"--mm-processor-kwargs '{json.dumps(manifest['mm_processor_kwargs'])}'")
-    if "vision" in str(lora.get("adapt")) or "projector" in str(lora.get("adapt")):
-        lines.append("--enable-tower-connector-lora")
+    # No --enable-tower-connector-lora for vision/projector adapters: it crashes vLLM's engine
+    # on Gemma 3 (see _FIX_LANGUAGE_ONLY); the card points to merged/ instead.
+    return " \\\n    ".join(lines)
+
+
+def merged_serve_command(manifest: dict[str, Any]) -> str:
+    """The `vllm serve` command for the bundle's merged/ model, run from the bundle folder."""
+    budget = manifest.get("image_budget") or 9
+    lines = [
+        f"vllm serve ./{manifest.get('merged') or 'merged'}",
+        f"--served-model-name {manifest['lora_name']}",
+        f"--limit-mm-per-prompt '{json.dumps({'image': budget})}'",
+        f"--max-model-len {_max_model_len(manifest)}",
+    ]
+    if manifest.get("dtype"):
+        lines.append(f"--dtype {manifest['dtype']}")
+    if manifest.get("mm_processor_kwargs"):
+        lines.append(f"--mm-processor-kwargs '{json.dumps(manifest['mm_processor_kwargs'])}'")
     return " \\\n    ".join(lines)
 
 
@@ -975,7 +1048,8 @@ def _license_note(base: str) -> str:
     if base.startswith("croptune:"):
         return (
             f"`{base}` is a toy model croptune builds offline with random weights: it proves "
-            "the plumbing and reads nothing. vLLM cannot load it by this name."
+            "the plumbing and reads nothing. No hub has it, so the bundle carries it in "
+            "`base/`, which the command below serves."
         )
     if base.lower().startswith("google/gemma"):
         return (
@@ -1064,6 +1138,11 @@ def model_card(manifest: dict[str, Any]) -> str:
         lines.append(
             "| `merged/` | the base with the adapter merged in (safetensors + processor) |"
         )
+    if manifest.get("base_folder"):
+        lines.append(
+            f"| `{manifest['base_folder']}/` | the base model itself (no hub has it), "
+            "loadable by vLLM and transformers |"
+        )
     lines += [
         "",
         "## Base model and licence",
@@ -1099,11 +1178,28 @@ def model_card(manifest: dict[str, Any]) -> str:
         "```",
         "",
     ]
+    adapt = str(lora.get("adapt") or "language")
+    if adapt != "language":
+        lines += [
+            f"This adapter also trained the {adapt.removeprefix('language+')} part(s). vLLM "
+            "loads the adapter but ignores LoRA weights there without a word, so the command "
+            "above serves a model that sees images as the base does. "
+            + (
+                "Serve `merged/` below, which holds them as trained."
+                if manifest.get("merged")
+                else "Export with `--merge` and serve `merged/`, which holds them as trained."
+            )
+            + f" (`--enable-tower-connector-lora` crashed vLLM {VLLM_CHECKED}'s engine at the "
+            "first image request on Gemma 3.)",
+            "",
+        ]
     if manifest.get("merged"):
         lines += [
-            "Or serve the merged model, no LoRA machinery: `vllm serve ./merged "
-            f"--served-model-name {name} --limit-mm-per-prompt "
-            f"'{json.dumps({'image': manifest.get('image_budget') or 9})}'`.",
+            "Or serve the merged model, no LoRA machinery (the same model name):",
+            "",
+            "```bash",
+            merged_serve_command(manifest),
+            "```",
             "",
         ]
     lines += [

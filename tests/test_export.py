@@ -195,12 +195,12 @@ A_LORA_A = "language_model.layers.0.self_attn.q_proj.lora_A.weight"
         ({"bias": "all"}, None, "bias", "error", "'all'"),
         # biases on the LoRA layers only: refused the same way
         ({"bias": "lora_only"}, None, "bias", "error", "'lora_only'"),
-        # rank 4 is below vLLM's smallest batched rank above 1
-        ({"r": 4}, None, "rank", "error", "r = 4"),
-        # a rank vLLM has no kernel for, above the largest
+        # above vLLM's largest --max-lora-rank
         ({"r": 1024}, None, "rank", "error", "r = 1024"),
-        # per-module ranks: vLLM scales by lora_alpha / r everywhere
-        ({"rank_pattern": {"q_proj": 4}}, None, "rank-pattern", "error", "q_proj"),
+        # a per-module rank above it
+        ({"rank_pattern": {"q_proj": 1024}}, None, "rank", "error", "r = 1024"),
+        # not a rank at all
+        ({"r": 0}, None, "rank", "error", "r = 0"),
         # PiSSA, its fast-SVD spelling, OLoRA, CorDA, LoftQ: all rewrite the base weights
         ({"init_lora_weights": "pissa"}, None, "init", "error", "'pissa'"),
         ({"init_lora_weights": "pissa_niter_4"}, None, "init", "error", "'pissa_niter_4'"),
@@ -267,6 +267,10 @@ def test_lint_flags_what_vllm_refuses_or_ignores(
         {"use_rslora": True, "r": 16},
         # the largest rank vLLM serves
         {"r": 512},
+        # below --max-lora-rank's choices: vLLM serves it under --max-lora-rank 8
+        {"r": 4},
+        # per-module ranks and alphas: vLLM reads them (same logprobs as peft, test_vllm.py)
+        {"rank_pattern": {"q_proj": 4}, "alpha_pattern": {"q_proj": 64}},
         # list targets that cannot reach SigLIP or Qwen's vision blocks
         {"target_modules": ["language_model.layers.0.self_attn.q_proj"]},
     ],
@@ -292,7 +296,15 @@ def test_lint_of_a_folder_without_adapter_is_a_user_error(tmp_path):
 def test_bundle_layout_and_manifest(bundle, dataset_dir):
     from toolkit.crops import CropConfig
 
-    assert {p.name for p in bundle.iterdir()} == {"adapter", "merged", "croptune.yaml", "README.md"}
+    assert {p.name for p in bundle.iterdir()} == {
+        "adapter", "merged", "base", "croptune.yaml", "README.md"
+    }  # fmt: skip
+    # No hub has the tiny base: the bundle carries it, with the names vLLM loads.
+    from finetune.students import checkpoint_name_problems
+
+    assert (bundle / "base" / "model.safetensors").is_file()
+    assert checkpoint_name_problems(bundle / "base") == []
+    assert checkpoint_name_problems(bundle / "merged") == []
     adapter_files = {p.name for p in (bundle / "adapter").iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
             "tokenizer_config.json", "processor_config.json", "chat_template.jinja"} <= adapter_files  # fmt: skip
@@ -304,6 +316,7 @@ def test_bundle_layout_and_manifest(bundle, dataset_dir):
 
     manifest = yaml.safe_load((bundle / "croptune.yaml").read_text())
     assert manifest["base_model"] == "croptune:tiny"
+    assert manifest["base_folder"] == "base"
     assert manifest["lora_name"] == "croptune-tiny"
     # The exact training instructions: the dataset's prompt is them plus the listing text.
     from datasets import load_from_disk
@@ -330,7 +343,7 @@ def test_model_card_serves_the_adapter_as_trained(bundle):
     card = (bundle / "README.md").read_text()
     assert card.startswith("---\nbase_model: croptune:tiny\n")
     for flag in (
-        "vllm serve croptune:tiny",
+        "vllm serve ./base --served-model-name croptune:tiny",
         "--enable-lora",
         "--lora-modules croptune-tiny=./adapter",
         "--max-lora-rank 8",
@@ -511,7 +524,7 @@ def test_model_card_client_sends_what_the_student_was_trained_on(bundle, tmp_pat
 
 
 def test_cli_export_of_a_bad_adapter_exits_1_and_lists_every_violation(adapter, tmp_path):
-    bad = _copy_adapter(adapter, tmp_path / "bad", r=4, use_dora=True, bias="all",
+    bad = _copy_adapter(adapter, tmp_path / "bad", r=1024, use_dora=True, bias="all",
                         modules_to_save=["lm_head"])  # fmt: skip
     _rename_tensors(bad, {"language_model": "vision_tower"})
     result = croptune("export", "--adapter", str(bad), "--out", str(tmp_path / "b"), cwd=tmp_path)
