@@ -319,7 +319,14 @@ def backend_key(backend: Any) -> dict[str, Any]:
     if config is not None:
         key["endpoint"] = [
             getattr(config, name, None)
-            for name in ("base_url", "model", "max_tokens", "temperature", "jpeg_quality")
+            for name in (
+                "base_url",
+                "model",
+                "max_tokens",
+                "temperature",
+                "image_format",
+                "jpeg_quality",
+            )
         ]
     return key
 

@@ -91,7 +91,7 @@ class TeacherBoxes:
         c = self.config
         return "teacher:" + json.dumps(
             [c.kind, c.model, c.base_url, c.coords, c.min_pixels, c.max_pixels, c.temperature,
-             c.max_tokens, c.jpeg_quality]
+             c.max_tokens, c.image_format, c.jpeg_quality]
         )  # fmt: skip
 
     def prepare(self) -> None:

@@ -18,13 +18,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from teacher_labeling.cost import image_tokens, text_tokens
-from teacher_labeling.teachers import ENCODED_IMAGES, Role, TeacherConfig, TeacherRequest
+from teacher_labeling.teachers import (
+    ENCODED_IMAGES,
+    Role,
+    TeacherConfig,
+    TeacherRequest,
+    check_openai_endpoint,
+)
 from toolkit.answers import Example, GeneratedAnswer
 from toolkit.errors import CroptuneError
 from toolkit.images import pixel_hash, to_rgb
@@ -56,6 +62,11 @@ class EndpointConfig(TeacherConfig):
         "the LoRA name, croptune)"
     )
     role: Role = Field("attributes", description="Not used for evaluation")
+    image_format: Literal["jpeg", "png"] = Field(
+        "png",
+        description="Encoding of the images sent: png (default: lossless, the pixels a student "
+        "was trained on) or jpeg (smaller requests, e.g. for a hosted API model)",
+    )
     structured_output: bool = Field(
         False,
         description="Not supported for evaluation: the answer is scored as the model writes it",
@@ -134,6 +145,7 @@ class EndpointBackend:
         self.name = config.name
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._client = client
+        self._checked = False
         self.asked = 0
 
     def prepare(self) -> None:
@@ -141,11 +153,11 @@ class EndpointBackend:
         self.check_ready()
 
     def check_ready(self) -> None:
-        """Fail fast (before any model is loaded) when the key variable is missing."""
-        from teacher_labeling.engine import resolve_api_key
-
-        if self._client is None:
-            resolve_api_key(self.name, self.config.api_key_env, self.config.base_url)
+        """Fail fast (before any model is loaded) on a missing key, a dead server or an
+        unserved model; once per backend."""
+        if self._client is None and not self._checked:
+            check_openai_endpoint(f"endpoint {self.name!r}", self.config)
+            self._checked = True
 
     def request(self, images: list[Any], messages: list[dict[str, Any]]) -> TeacherRequest:
         """The question of one example, with its cache key (images must be RGB)."""
@@ -173,6 +185,7 @@ class EndpointBackend:
                 "task": "evaluate",
                 "temperature": self.config.temperature,
                 "max_tokens": self.config.max_tokens,
+                "image_format": self.config.image_format,
                 "jpeg_quality": self.config.jpeg_quality,
                 # Two servers may serve different weights under one model name.
                 "endpoint": self.config.base_url,
@@ -194,7 +207,7 @@ class EndpointBackend:
             for part in content:
                 if part.get("type") == "image":
                     image, image_hash = next(images)
-                    url = ENCODED_IMAGES.data_url(image, image_hash, self.config.jpeg_quality)
+                    url = ENCODED_IMAGES.data_url(image, image_hash, self.config)
                     parts.append({"type": "image_url", "image_url": {"url": url}})
                 elif part.get("type") == "text":
                     parts.append({"type": "text", "text": part.get("text") or ""})

@@ -194,8 +194,11 @@ class RequestEngine:
         reason = describe_error(exc)
         status = getattr(exc, "status_code", None)
         if isinstance(exc, openai.APIStatusError) and status in FATAL_STATUS:
+            where = self._where()
             self.stopped = (
-                f"teacher {self.name!r} stopped: {reason} (model {self.model!r}); "
+                f"teacher {self.name!r} stopped: {reason} (model {self.model!r}"
+                + (f" at {where}" if where else "")
+                + "); "
                 "check the model name, base_url and the key variable; finished work is kept"
             )
             raise TeacherStopped(self.stopped) from exc
@@ -216,6 +219,18 @@ class RequestEngine:
         self.stats.retry_reasons[key] = self.stats.retry_reasons.get(key, 0) + 1
         if attempt >= self.max_retries:
             self.stats.failed += 1
+            if isinstance(exc, openai.APIConnectionError) and not isinstance(
+                exc, openai.APITimeoutError
+            ):
+                # Refused through every retry: the server is gone (a killed vLLM), and every
+                # other request would spend the same retries. Stop once, with the URL.
+                self.stopped = (
+                    f"teacher {self.name!r} stopped: nothing answers at "
+                    f"{self._where() or 'the OpenAI API'} any more "
+                    f"({reason}, {attempt + 1} attempts); finished work is kept: run the same "
+                    "command again once the server is back"
+                )
+                raise TeacherStopped(self.stopped) from exc
             raise RequestFailed(f"gave up after {attempt + 1} attempts: {reason}") from exc
         self.stats.retries += 1
         response = getattr(exc, "response", None)
@@ -224,6 +239,11 @@ class RequestEngine:
         )
         logger.debug("%s: %s; retrying in %.1f s", self.name, reason, wait)
         return wait
+
+    def _where(self) -> str | None:
+        """The client's base URL, as the config spells it (no trailing slash)."""
+        url = getattr(self.client, "base_url", None)
+        return str(url).rstrip("/") if url else None
 
     def _completion(self, response: Any, attempts: int) -> Completion:
         choice = response.choices[0] if response.choices else None
@@ -241,6 +261,61 @@ class RequestEngine:
             finish_reason=getattr(choice, "finish_reason", None),
             attempts=attempts,
         )
+
+
+def check_endpoint(
+    name: str,
+    base_url: str | None,
+    model: str,
+    api_key: str,
+    timeout_s: float = 10.0,
+    wait_s: float = 0.0,
+    key_env: str | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> list[str] | None:
+    """The model names a server lists, once it answers and lists `model`; else CroptuneError.
+
+    One GET /models: cheap, and it finds a dead URL, a wrong key or a model (a LoRA adapter
+    vLLM refused) that is not served, before the first real request. A server without
+    /models (HTTP 404) is not checked: None. Connection errors and 5xx are retried for
+    `wait_s` seconds, for a vLLM still loading its model.
+    """
+    import openai
+
+    where = base_url or "the OpenAI API"
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            listed = [entry.id for entry in client.models.list()]
+            break
+        except openai.APIStatusError as exc:
+            if exc.status_code == 404:
+                logger.debug("%s: %s lists no models (%s); not checked", name, where, exc)
+                return None
+            if exc.status_code < 500 or time.monotonic() >= deadline:
+                key = f"the key in ${key_env}" if key_env else "no key variable (api_key_env)"
+                raise CroptuneError(
+                    f"{name}: {where} refused GET /models: {describe_error(exc)} (model "
+                    f"{model!r}, {key}); check base_url and the key"
+                ) from exc
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                waited = f" for {wait_s:.0f} s" if wait_s else ""
+                raise CroptuneError(
+                    f"{name}: nothing answers at {where} ({describe_error(exc)}){waited}. "
+                    "Start the server (vLLM is ready when its log says 'Application startup "
+                    "complete.'), or set startup_wait_s to wait for one that is starting"
+                ) from exc
+        sleep(1.0)
+    if model not in listed:
+        raise CroptuneError(
+            f"{name}: {where} does not serve model {model!r}; it serves "
+            f"{', '.join(repr(m) for m in listed) or 'nothing'}. A LoRA adapter must be named by "
+            f"vLLM's --lora-modules {model}=ADAPTER (or POST /v1/load_lora_adapter); when vLLM "
+            "refuses one, its log says why ('Call to add_lora method failed: ...')"
+        )
+    return listed
 
 
 def openai_client(base_url: str | None, api_key: str, timeout_s: float) -> Any:

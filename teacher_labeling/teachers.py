@@ -53,6 +53,12 @@ class TeacherConfig(BaseModel):
     requests_per_minute: int = Field(600, ge=1, description="Request rate limit")
     tokens_per_minute: int = Field(2_000_000, ge=1, description="Token rate limit")
     timeout_s: float = Field(120, gt=0, description="Per-request timeout in seconds")
+    startup_wait_s: float = Field(
+        0,
+        ge=0,
+        description="Seconds to wait for the server to answer before the first request (a "
+        "vLLM still loading its model); 0 = a dead URL fails at once",
+    )
     max_retries: int = Field(6, ge=0, description="Retries of 429/5xx/timeouts before giving up")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature")
     max_tokens: int = Field(2048, ge=1, description="Answer length limit in tokens")
@@ -60,6 +66,11 @@ class TeacherConfig(BaseModel):
         True,
         description="Attributes teachers: send the schema as a strict json_schema response_format "
         "(OpenAI structured outputs; vLLM guided decoding). Off for servers without it.",
+    )
+    image_format: Literal["jpeg", "png"] = Field(
+        "jpeg",
+        description="Encoding of the images sent: jpeg (small requests, what APIs price) or png "
+        "(lossless: the exact pixels, for a student served by vLLM)",
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the images sent")
     expected_output_tokens: int | None = Field(
@@ -231,11 +242,14 @@ class Teacher(ABC):
     def _parameters(self) -> dict[str, Any]:
         # The endpoint is part of the question: two servers may serve different weights
         # under one model name.
-        return {
+        parameters: dict[str, Any] = {
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
             "endpoint": self.config.base_url,
         }
+        if self.config.image_format != "jpeg":  # keys of JPEG-era answers stay as they were
+            parameters["image_format"] = self.config.image_format
+        return parameters
 
     @abstractmethod
     async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
@@ -318,18 +332,16 @@ class OpenAITeacher(Teacher):
         return self._engine
 
     def check_ready(self) -> None:
-        """Fail fast (before any work) when the key variable is missing."""
-        from teacher_labeling.engine import resolve_api_key
-
+        """Fail fast (before any work) on a missing key, a dead server or an unserved model."""
         if self._client is None:
-            resolve_api_key(self.name, self.config.api_key_env, self.config.base_url)
+            check_openai_endpoint(f"teacher {self.name!r}", self.config)
 
     def messages(self, request: TeacherRequest) -> list[dict[str, Any]]:
         """The chat messages of a request: its images as data URLs, then the instruction."""
         content: list[dict[str, Any]] = [
             {
                 "type": "image_url",
-                "image_url": {"url": self._encoded.data_url(image, h, self.config.jpeg_quality)},
+                "image_url": {"url": self._encoded.data_url(image, h, self.config)},
             }
             for image, h in zip(request.images, request.image_hashes, strict=True)
         ]
@@ -395,18 +407,22 @@ class EncodedImages:
         self._lock = threading.Lock()
         self.encoded = 0
 
-    def data_url(self, image: Image.Image, image_hash: str, quality: int) -> str:
-        """The data URL of an image as sent (hash of the original + the sent size is the key)."""
-        key = (image_hash, image.size, quality)
+    def data_url(self, image: Image.Image, image_hash: str, config: TeacherConfig) -> str:
+        """The data URL of an image as a teacher config sends it (JPEG or lossless PNG)."""
+        key = (image_hash, image.size, config.image_format, config.jpeg_quality)
         with self._lock:
             url = self._cache.get(key)
         if url is not None:
             return url
         import base64
 
-        from toolkit.images import encode_jpeg
+        from toolkit.images import encode_jpeg, encode_png
 
-        url = "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality)).decode()
+        if config.image_format == "png":
+            url = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
+        else:
+            data = encode_jpeg(image, config.jpeg_quality)
+            url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
         with self._lock:
             self.encoded += 1
             self._cache[key] = url
@@ -418,6 +434,22 @@ class EncodedImages:
 
 
 ENCODED_IMAGES = EncodedImages()
+
+
+def check_openai_endpoint(what: str, config: TeacherConfig) -> None:
+    """The key variable is set, the server answers and it serves config.model (CroptuneError)."""
+    from teacher_labeling.engine import check_endpoint, resolve_api_key
+
+    key = resolve_api_key(config.name, config.api_key_env, config.base_url)
+    check_endpoint(
+        what,
+        config.base_url,
+        config.model,
+        key,
+        timeout_s=min(config.timeout_s, 30.0),
+        wait_s=config.startup_wait_s,
+        key_env=config.api_key_env,
+    )
 
 
 def build_teacher(config: TeacherConfig, schema: AttributeSchema) -> Teacher:

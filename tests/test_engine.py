@@ -200,3 +200,90 @@ def test_requests_per_minute_limit_spaces_requests():
         times = sorted(r.time for r in server.requests if r.path.endswith("/chat/completions"))
     # aiolimiter's leaky bucket lets a burst of the per-second share through, then spaces them
     assert times[-1] - times[0] >= 1.0
+
+
+def _dead_url() -> str:
+    """A loopback URL nothing listens on."""
+    from tests.vllm_server import free_port
+
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+def test_a_server_gone_for_every_retry_stops_the_teacher_naming_its_url():
+    url = _dead_url()
+
+    async def go():
+        engine = RequestEngine(
+            "qwen",
+            "m",
+            openai_client(url, "k", 2.0),
+            max_retries=1,
+            sleep=lambda s: asyncio.sleep(0),
+        )
+        with pytest.raises(TeacherStopped) as caught:
+            await engine.complete(MESSAGES, 10)
+        with pytest.raises(TeacherStopped):  # the rest are refused at once, not retried
+            await engine.complete(MESSAGES, 10)
+        return str(caught.value), engine.stats
+
+    message, stats = asyncio.run(go())
+    assert f"teacher 'qwen' stopped: nothing answers at {url} any more" in message
+    assert "finished work is kept" in message
+    assert stats.attempts == 2  # one request, its one retry; the second never went out
+
+
+@pytest.mark.parametrize(
+    ("server_kind", "model", "message"),
+    [
+        # nothing listens there: the URL, and what to do about a server still starting
+        ("dead", "m", "nothing answers at {url} (connection error"),
+        # a wrong key: the server's own words and the variable's name
+        ("wrong-key", "m", "{url} refused GET /models: HTTP 401: Incorrect API key provided."),
+        # a server without /models (a minimal one): not checked, no error
+        ("no-models", "m", None),
+    ],
+)
+def test_check_endpoint_names_the_url_and_the_servers_message(
+    monkeypatch, server_kind, model, message
+):
+    from teacher_labeling.engine import check_endpoint
+
+    monkeypatch.setenv("THE_KEY", "wrong")
+    if server_kind == "dead":
+        url = _dead_url()
+        with pytest.raises(CroptuneError) as caught:
+            check_endpoint("teacher 'qwen'", url, model, "k", timeout_s=2)
+        assert message.format(url=url) in str(caught.value)
+        assert "startup_wait_s" in str(caught.value)
+        return
+    with FakeOpenAI(FixedAnswer("x"), api_key="right" if server_kind == "wrong-key" else None) as s:
+        url = s.base_url
+        if message is None:
+            assert check_endpoint("teacher 'qwen'", url, model, "k") is None
+            return
+        with pytest.raises(CroptuneError) as caught:
+            check_endpoint("teacher 'qwen'", url, model, "wrong", key_env="THE_KEY")
+    assert message.format(url=url) in str(caught.value)
+    assert "$THE_KEY" in str(caught.value) and "wrong" not in str(caught.value).split("$THE_KEY")[1]
+
+
+def test_check_endpoint_waits_for_a_server_that_is_starting():
+    """startup_wait_s: connection errors are retried until the server answers."""
+    from teacher_labeling.engine import check_endpoint
+
+    url = _dead_url()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    slept: list[float] = []
+    server: list[FakeOpenAI] = []
+
+    def sleep(seconds: float) -> None:  # the server comes up during the second wait
+        slept.append(seconds)
+        if len(slept) == 2:
+            server.append(FakeOpenAI(FixedAnswer("x"), port=port).__enter__())
+
+    try:
+        assert check_endpoint("t", url, "m", "k", timeout_s=2, wait_s=30, sleep=sleep) is None
+    finally:
+        for running in server:
+            running.__exit__(None, None, None)
+    assert len(slept) == 2

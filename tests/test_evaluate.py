@@ -244,12 +244,12 @@ def test_a_second_run_asks_nothing_again(dataset_dir, tmp_path, monkeypatch):
         config = endpoint_yaml(tmp_path, server)
         run_evaluate([str(config)], dataset_dir, out)
         first = metrics_of(out)["vllm-student"]
-        asked = len(server.requests)
+        asked = len(chat_requests(server))
         run_evaluate([str(config)], dataset_dir, out)
-        assert len(server.requests) == asked
+        assert len(chat_requests(server)) == asked
         # Another answer limit is another question: asked again.
         run_evaluate([str(config)], dataset_dir, out, max_new_tokens=32)
-        assert len(server.requests) == asked + len(TEST_ITEMS)
+        assert len(chat_requests(server)) == asked + len(TEST_ITEMS)
     again = metrics_of(out)["vllm-student"]
     assert again["micro"] == first["micro"]
     assert again["answers"] == {"asked": 3, "cached": 0, "failed": 0}

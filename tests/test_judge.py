@@ -306,7 +306,7 @@ def test_bad_key_stops_with_one_message(caplog):
     message = str(caught.value)
     assert "HTTP 401" in message and "judge-m" in message and KEY_ENV in message
     assert KEY not in message and KEY not in caplog.text
-    assert len(attempts) == 1  # no retries, no further items
+    assert attempts == []  # the endpoint check (GET /models) stops it before any item
 
 
 def test_missing_key_variable_fails_before_any_request(monkeypatch):

@@ -193,7 +193,8 @@ def test_wrong_key_stops_with_one_message_and_exit_1(tmp_path, server):
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "teacher 'qwen' stopped: HTTP 401" in result.stderr
+    # The endpoint check (GET /models) finds the key wrong before any image is sent.
+    assert f"teacher 'qwen': {base_url} refused GET /models: HTTP 401" in result.stderr
     assert "Traceback" not in result.stderr
     assert "sk-wrong" not in result.stderr
 

@@ -156,6 +156,13 @@ def load_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     return LoadedImage(image=image, sha256=pixel_hash(image))
 
 
+def encode_png(image: Image.Image) -> bytes:
+    """Lossless PNG bytes of an image: exactly its pixels."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def encode_jpeg(image: Image.Image, quality: int = 92) -> bytes:
     """JPEG bytes of an RGB image (no EXIF: the pixels are already oriented)."""
     buffer = io.BytesIO()

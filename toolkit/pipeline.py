@@ -233,10 +233,9 @@ def run_predict(
             raise CroptuneError(f"endpoint config {endpoint} does not exist")
         else:
             name = model or bundle.lora_name
-            # JPEG at 100 with 4:4:4 chroma: the closest the request engine sends to the
-            # lossless pixels the student was trained on.
+            # PNG (EndpointConfig's default): the lossless pixels the student was trained on.
             config = EndpointConfig(
-                name=name, model=name, base_url=endpoint, api_key_env=api_key_env, jpeg_quality=100
+                name=name, model=name, base_url=endpoint, api_key_env=api_key_env
             )
         backend = EndpointBackend(
             config, workdir / PREDICT_ANSWERS_DIR, max_new_tokens or bundle.max_new_tokens
