@@ -9,10 +9,19 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= croptune-demo
 PYTEST_ARGS ?=
+# A real vLLM (its CPU build) for the `vllm` tests, in a venv of its own: it pins another
+# torch and transformers. Set CROPTUNE_VLLM=/path/to/vllm to use a vLLM you already have.
+VLLM_VENV ?= .venv-vllm
 
-.PHONY: demo test lint format clean venv
+.PHONY: demo test lint format clean venv vllm-env
 
 venv: $(VENV)/.installed
+
+vllm-env: $(if $(CROPTUNE_VLLM),,$(VLLM_VENV)/.installed)
+
+# Rebuilt when the script changes; otherwise this step is a file check.
+$(VLLM_VENV)/.installed: scripts/make_vllm_venv.sh
+	PYTHON=$(PYTHON) bash scripts/make_vllm_venv.sh $(VLLM_VENV)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +42,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint vllm-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 format: $(VENV)/.installed
