@@ -415,6 +415,27 @@ def test_predict_against_vllm_gives_the_in_process_answers(demo, server, client,
     assert len(answers) == 3
 
 
+def test_predict_for_a_model_the_server_does_not_serve_fails_at_once(demo, server, tmp_path):
+    """An adapter vLLM refused (or a typo) is not served: one message with the URL, exit 1."""
+    catalog = demo.workdir / "catalog" / "catalog.jsonl"
+    result = run(
+        "predict",
+        "--bundle",
+        str(demo.bundle),
+        str(catalog),
+        "--out",
+        str(tmp_path / "p.jsonl"),
+        "--endpoint",
+        server.base_url,
+        "--model",
+        "nope",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert f"{server.base_url} does not serve model 'nope'; it serves" in result.stderr
+    assert "'croptune-tiny'" in result.stderr and "Traceback" not in result.stderr
+
+
 class _NamedBackend:
     """Enough of a backend for Predictor to build examples (it never answers here)."""
 
