@@ -70,7 +70,7 @@ _LORA_TENSOR = re.compile(r"\.(lora_[AB]\.weight|lora_embedding_[AB])$")
 _ENV_SECRET = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 _VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")
 _HF_CACHE_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
-# The vLLM version whose behaviour each rule below was checked against (tests/test_vllm.py
+# The vLLM version each rule below was checked against (tests/test_vllm_serving.py
 # loads an adapter breaking each rule into a real server and asserts what the lint says).
 VLLM_CHECKED = "0.32.0"
 _FIX_LANGUAGE_ONLY = (
@@ -939,7 +939,6 @@ def find_leaks(bundle: Path, needles: dict[str, str]) -> list[str]:
 def serve_command(manifest: dict[str, Any]) -> str:
     """The `vllm serve` command for the bundle, run from the bundle folder."""
     lora = manifest.get("lora") or {}
-    budget = manifest.get("image_budget") or 9
     base = manifest["base_model"]
     if manifest.get("base_folder"):  # the bundle's copy, under the base's own name
         base = f"./{manifest['base_folder']} --served-model-name {base}"
@@ -948,35 +947,35 @@ def serve_command(manifest: dict[str, Any]) -> str:
         "--enable-lora",
         f"--lora-modules {manifest['lora_name']}=./adapter",
         f"--max-lora-rank {lora.get('max_lora_rank') or 8}",
-        f"--limit-mm-per-prompt '{json.dumps({'image': budget})}'",
-        f"--max-model-len {_max_model_len(manifest)}",
     ]
-    if manifest.get("dtype"):
-        lines.append(f"--dtype {manifest['dtype']}")
     template = (manifest.get("prompt") or {}).get("chat_template")
     if template:
-        lines.insert(5, f"--chat-template ./{template}")
-    if manifest.get("mm_processor_kwargs"):
-        lines.append(f"--mm-processor-kwargs '{json.dumps(manifest['mm_processor_kwargs'])}'")
+        lines.append(f"--chat-template ./{template}")
     # No --enable-tower-connector-lora for vision/projector adapters: it crashes vLLM's engine
     # on Gemma 3 (see _FIX_LANGUAGE_ONLY); the card points to merged/ instead.
-    return " \\\n    ".join(lines)
+    return " \\\n    ".join(lines + _model_flags(manifest))
 
 
 def merged_serve_command(manifest: dict[str, Any]) -> str:
     """The `vllm serve` command for the bundle's merged/ model, run from the bundle folder."""
-    budget = manifest.get("image_budget") or 9
     lines = [
         f"vllm serve ./{manifest.get('merged') or 'merged'}",
         f"--served-model-name {manifest['lora_name']}",
-        f"--limit-mm-per-prompt '{json.dumps({'image': budget})}'",
+    ]
+    return " \\\n    ".join(lines + _model_flags(manifest))
+
+
+def _model_flags(manifest: dict[str, Any]) -> list[str]:
+    """The flags that make vLLM see inputs as training did: images, length, dtype, processor."""
+    flags = [
+        f"--limit-mm-per-prompt '{json.dumps({'image': manifest.get('image_budget') or 9})}'",
         f"--max-model-len {_max_model_len(manifest)}",
     ]
     if manifest.get("dtype"):
-        lines.append(f"--dtype {manifest['dtype']}")
+        flags.append(f"--dtype {manifest['dtype']}")
     if manifest.get("mm_processor_kwargs"):
-        lines.append(f"--mm-processor-kwargs '{json.dumps(manifest['mm_processor_kwargs'])}'")
-    return " \\\n    ".join(lines)
+        flags.append(f"--mm-processor-kwargs '{json.dumps(manifest['mm_processor_kwargs'])}'")
+    return flags
 
 
 def _max_model_len(manifest: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -715,7 +715,7 @@ _CHECKPOINT_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def save_model_folder(model: object, out_dir: Path) -> Path:
+def save_model_folder(model: Any, out_dir: Path) -> Path:
     """Save a model with the weight names of its family's published checkpoints."""
     model.save_pretrained(out_dir)
     restore_checkpoint_names(Path(out_dir))
