@@ -319,6 +319,14 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def predict(demo, out: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`croptune predict` of the demo catalog with the demo bundle."""
+    catalog = demo.workdir / "catalog" / "catalog.jsonl"
+    return run(
+        "predict", "--bundle", str(demo.bundle), str(catalog), "--out", str(out), *args, cwd=cwd
+    )
+
+
 def test_evaluate_against_vllm_gives_the_in_process_answers(demo, server, client, hf, tmp_path):
     from finetune.evaluate import load_split
 
@@ -355,14 +363,9 @@ def test_predict_against_vllm_gives_the_in_process_answers(demo, server, client,
     from finetune.predict import PREDICTOR, load_bundle
     from toolkit.store import RunStore
 
-    catalog = demo.workdir / "catalog" / "catalog.jsonl"
-    served = run(
-        "predict",
-        "--bundle",
-        str(demo.bundle),
-        str(catalog),
-        "--out",
-        str(tmp_path / "served.jsonl"),
+    served = predict(
+        demo,
+        tmp_path / "served.jsonl",
         "--endpoint",
         server.base_url,
         "--limit",
@@ -371,18 +374,8 @@ def test_predict_against_vllm_gives_the_in_process_answers(demo, server, client,
         "96",
         cwd=tmp_path,
     )
-    local = run(
-        "predict",
-        "--bundle",
-        str(demo.bundle),
-        str(catalog),
-        "--out",
-        str(tmp_path / "local.jsonl"),
-        "--limit",
-        "3",
-        "--max-new-tokens",
-        "96",
-        cwd=tmp_path,
+    local = predict(
+        demo, tmp_path / "local.jsonl", "--limit", "3", "--max-new-tokens", "96", cwd=tmp_path
     )
     # Exit 1 means some items failed (the toy student's answers rarely parse), not a crash.
     for result in (served, local):
@@ -395,13 +388,13 @@ def test_predict_against_vllm_gives_the_in_process_answers(demo, server, client,
     assert [r["item_id"] for r in records] == local_ids and len(records) == 3
     # Each answer as predict stored it, with the example predict built for it.
     bundle = load_bundle(demo.bundle)
+    # An answer that did not parse is in its error record; a parsed one in the work store.
+    answers = {r["item_id"]: r["answer"] for r in records if "answer" in r}
     with RunStore(tmp_path / "served.work", create=False) as store:
-        answers = {
-            row["item_id"]: row["response"]
-            for row in store._query(
-                "SELECT item_id, response FROM requests WHERE teacher=?", (PREDICTOR,)
-            )
-        }
+        query = "SELECT item_id, response FROM requests WHERE teacher=? AND status='ok'"
+        answers.update(
+            {row["item_id"]: row["response"] for row in store._query(query, (PREDICTOR,))}
+        )
         from finetune.predict import NoBoxes, Predictor
 
         predictor = Predictor(bundle, store, backend=_NamedBackend(), box_source=NoBoxes())
@@ -417,19 +410,8 @@ def test_predict_against_vllm_gives_the_in_process_answers(demo, server, client,
 
 def test_predict_for_a_model_the_server_does_not_serve_fails_at_once(demo, server, tmp_path):
     """An adapter vLLM refused (or a typo) is not served: one message with the URL, exit 1."""
-    catalog = demo.workdir / "catalog" / "catalog.jsonl"
-    result = run(
-        "predict",
-        "--bundle",
-        str(demo.bundle),
-        str(catalog),
-        "--out",
-        str(tmp_path / "p.jsonl"),
-        "--endpoint",
-        server.base_url,
-        "--model",
-        "nope",
-        cwd=tmp_path,
+    result = predict(
+        demo, tmp_path / "p.jsonl", "--endpoint", server.base_url, "--model", "nope", cwd=tmp_path
     )
     assert result.returncode == 1
     assert f"{server.base_url} does not serve model 'nope'; it serves" in result.stderr
