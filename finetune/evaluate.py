@@ -96,22 +96,24 @@ class EvaluationResult:
 def parse_answer(text: str) -> tuple[Any, bool]:
     """(parsed object or None, whether it was valid JSON once a code fence is removed).
 
-    Invalid answers are repaired where safe (truncation), but then count as invalid.
+    toolkit.answers.extract_json does the parsing; a repaired (truncated) answer counts as
+    invalid and is kept only when it is an object; an unusable one is (None, False).
     """
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.strip("`").removeprefix("json").strip()
-    try:
-        return json.loads(stripped), True
-    except json.JSONDecodeError:
-        pass
-    from json_repair import repair_json
+    value, valid = parse_answer_or_reason(text)[:2]
+    return value, valid
+
+
+def parse_answer_or_reason(text: str) -> tuple[Any, bool, str | None]:
+    """(parsed object or None, valid as written, why nothing usable came out of it or None)."""
+    from toolkit.answers import AnswerParseError, extract_json
 
     try:
-        value = repair_json(stripped, return_objects=True)
-    except Exception:  # json_repair raises assorted errors on pathological input
-        return None, False
-    return (value if isinstance(value, dict) else None), False
+        value, valid = extract_json(text)
+    except AnswerParseError as exc:
+        return None, False, str(exc)
+    if valid or isinstance(value, dict):
+        return value, valid, None
+    return None, False, f"the repaired answer is a {type(value).__name__}, not a JSON object"
 
 
 def latency_stats(seconds: list[float]) -> dict[str, Any]:
@@ -243,6 +245,7 @@ def score_generated(
             "parsed": value,
             "json_valid": ok,
             "error": g.error,
+            **({"stopped": g.stopped} if g.stopped else {}),
             "seconds": None if g.seconds is None else round(g.seconds, 4),
             "cached": g.cached,
             "reference": reference,

@@ -17,6 +17,42 @@ logger = logging.getLogger(__name__)
 
 # Files save_pretrained writes for a processor; an adapter folder holding them is self-contained.
 _PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
+# A runaway answer: the last tokens repeat one pattern of at most REPEAT_MAX_PERIOD tokens at
+# least REPEAT_MIN_TIMES times over REPEAT_MIN_SPAN tokens or more (a nesting loop such as
+# {"attributes":{"attributes":... is a 4-token pattern). No schema answer repeats itself so.
+REPEAT_MAX_PERIOD = 32
+REPEAT_MIN_TIMES = 6
+REPEAT_MIN_SPAN = 96
+
+
+def runaway_repetition(tokens: Sequence[int]) -> tuple[int, int] | None:
+    """(period, times) of a pattern the tokens end by repeating, if it is a runaway; else None."""
+    n = len(tokens)
+    for period in range(1, REPEAT_MAX_PERIOD + 1):
+        if n < period * 2:
+            break
+        times = 1
+        while (times + 1) * period <= n and tokens[
+            n - (times + 1) * period : n - times * period
+        ] == tokens[n - period :]:
+            times += 1
+        if times >= REPEAT_MIN_TIMES and times * period >= REPEAT_MIN_SPAN:
+            return period, times
+    return None
+
+
+class _RepetitionStop:
+    """A transformers StoppingCriteria: ends a row once its new tokens repeat in a runaway."""
+
+    def __init__(self, prompt_length: int) -> None:
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_length :].tolist()
+        done = [runaway_repetition(row) is not None for row in new]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def load_student(model: str, adapter: Path | None = None) -> tuple[Any, Any]:
@@ -72,17 +108,18 @@ def generate_answers(
     """Greedy answers for (images, prompt messages) examples, one stripped string each."""
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
-        answers += _generate_batch(
-            model, processor, examples[start : start + batch_size], max_new_tokens
-        )
+        batch = examples[start : start + batch_size]
+        answers += [text for text, _ in _generate_batch(model, processor, batch, max_new_tokens)]
         logger.debug("generated %d/%d answers", len(answers), len(examples))
     return answers
 
 
 def _generate_batch(
     model: Any, processor: Any, batch: list[Example], max_new_tokens: int
-) -> list[str]:
+) -> list[tuple[str, str | None]]:
+    """(answer, why generation was cut short or None) per example: greedy, batched."""
     import torch
+    from transformers import StoppingCriteriaList
 
     from finetune.train import image_processor_kwargs
 
@@ -99,11 +136,30 @@ def _generate_batch(
         add_special_tokens=False,  # the chat template already starts with <bos>
         return_tensors="pt",
     ).to(model.device)
+    prompt_length = inputs["input_ids"].shape[1]
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stopping_criteria=StoppingCriteriaList([_RepetitionStop(prompt_length)]),
+        )
+    new_tokens = output[:, prompt_length:]
     decoded = processor.batch_decode(new_tokens, skip_special_tokens=True)
-    return [text.strip() for text in decoded]
+    pad = processor.tokenizer.pad_token_id
+    results = []
+    for text, row in zip(decoded, new_tokens.tolist(), strict=True):
+        while row and row[-1] == pad:  # rows that ended early are padded to the longest
+            row.pop()
+        loop = runaway_repetition(row)
+        stopped = (
+            f"runaway repetition: a {loop[0]}-token pattern {loop[1]} times, after "
+            f"{len(row)} tokens"
+            if loop
+            else None
+        )
+        results.append((text.strip(), stopped))
+    return results
 
 
 class TransformersBackend:
@@ -147,7 +203,10 @@ class TransformersBackend:
                 started = time.perf_counter()
                 texts = _generate_batch(model, processor, batch, self.max_new_tokens)
                 seconds = (time.perf_counter() - started) / len(batch)
-                answers += [GeneratedAnswer(text=text, seconds=seconds) for text in texts]
+                answers += [
+                    GeneratedAnswer(text=text, seconds=seconds, stopped=stopped)
+                    for text, stopped in texts
+                ]
                 bar.advance(len(batch))
         return answers
 

@@ -289,6 +289,16 @@ class _Prepared:
     seconds: dict[str, float]
 
 
+ANSWER_SHOWN_CHARS = 2000  # of a failed answer, in its error record
+
+
+def _shortened(text: str) -> str:
+    """An answer for an error record: a runaway one cut to its start, saying how long it was."""
+    if len(text) <= ANSWER_SHOWN_CHARS:
+        return text
+    return f"{text[:ANSWER_SHOWN_CHARS]}... [{len(text)} characters in all]"
+
+
 class _Failed(Exception):
     """An item failed at a stage; the message says why."""
 
@@ -466,18 +476,23 @@ class Predictor:
 
     def finish(self, prepared: _Prepared, answer: GeneratedAnswer) -> dict[str, Any]:
         """Parse and validate the answer; store and return the item's record."""
-        from finetune.evaluate import parse_answer
+        from finetune.evaluate import parse_answer_or_reason
 
         item_id = prepared.item.item_id
         record = prepared.record
         if answer.error:
             raise _Failed("generate", answer.error)
-        value, valid = parse_answer(answer.text)
+        value, valid, reason = parse_answer_or_reason(answer.text)
         if not isinstance(value, dict):
             raise _Failed(
-                "parse", "the answer is not a JSON object of attribute groups", answer=answer.text
+                "parse",
+                reason or "the answer is not a JSON object of attribute groups",
+                answer=_shortened(answer.text),
+                **({"stopped": answer.stopped} if answer.stopped else {}),
             )
         attributes, notes = self.bundle.schema.clean(value)
+        if answer.stopped:
+            notes = [f"generation stopped: {answer.stopped}", *notes]
         record["attributes"] = attributes
         record["json_valid"] = valid
         if notes:
@@ -634,7 +649,13 @@ def _run_items(
                 )
                 try:
                     record = predictor.finish(prepared, answer)
-                except _Failed as failure:
+                except (_Failed, ValueError, TypeError, KeyError, RecursionError) as exc:
+                    # An answer no check foresaw fails its item alone; the others go on.
+                    failure = (
+                        exc
+                        if isinstance(exc, _Failed)
+                        else _Failed("parse", f"{type(exc).__name__}: {exc}"[:500])
+                    )
                     record = predictor.fail(prepared.item.item_id, failure)
                     # what the student was shown, to look into a bad answer
                     record.update(boxes=prepared.record["boxes"], images=prepared.record["images"])

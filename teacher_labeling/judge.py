@@ -204,7 +204,7 @@ def parse_judgement(text: str, keys: Collection[str] | None = None) -> dict[str,
     keys: the claims asked about; other keys are ignored. Entries with an unknown bucket
     are ignored too; both with one logged warning. Raises AnswerParseError for no JSON object.
     """
-    value = extract_json(text)
+    value, _ = extract_json(text)
     if not isinstance(value, dict):
         raise AnswerParseError(f"expected a JSON object of buckets, got {type(value).__name__}")
     buckets: dict[str, Bucket] = {}

@@ -1,53 +1,28 @@
 """Pure parsers: a teacher's answer text -> attributes or boxes.
 
-Tolerant the way supervision's VLM parsers are: code fences, prose around the JSON,
-and truncated JSON (the answer hit max_tokens) are repaired where that is safe.
+The JSON itself comes from toolkit.answers.extract_json, the one answer parser: tolerant the
+way supervision's VLM parsers are (code fences, prose around the JSON, truncated JSON) and
+refusing empty, binary, huge and runaway-nested answers with a reason.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from typing import Any
 
 from teacher_labeling.conventions import Coords, to_pixels
+from toolkit.answers import AnswerParseError, extract_json
 from toolkit.boxes import Box
 from toolkit.schema import AttributeSchema
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)(?:```|$)", re.DOTALL)
+__all__ = ["AnswerParseError", "extract_json", "parse_attributes", "parse_boxes"]
+
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "xyxy", "box_2d")
-
-
-class AnswerParseError(ValueError):
-    """A teacher answer holds nothing usable; the message says what was wrong."""
-
-
-def extract_json(text: str) -> Any:
-    """The JSON value in an answer: fenced or bare, repaired if truncated."""
-    if text is None or not text.strip():
-        raise AnswerParseError("empty answer")
-    fenced = _FENCE.search(text)
-    candidate = fenced.group(1) if fenced else text
-    start = min((i for i in (candidate.find("{"), candidate.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        raise AnswerParseError(f"no JSON object or list in the answer: {text[:80]!r}")
-    candidate = candidate[start:].strip()
-    try:
-        return json.loads(candidate)
-    except json.JSONDecodeError:
-        pass
-    from json_repair import repair_json
-
-    repaired = repair_json(candidate, return_objects=True)
-    if repaired in ("", None, [], {}) and candidate not in ("[]", "{}"):
-        raise AnswerParseError(f"answer is not JSON and could not be repaired: {text[:80]!r}")
-    return repaired
 
 
 def parse_attributes(text: str, schema: AttributeSchema) -> tuple[dict[str, Any], list[str]]:
     """Schema-shaped attributes from an answer, and notes on what was dropped."""
-    value = extract_json(text)
+    value, _ = extract_json(text)
     if not isinstance(value, dict):
         raise AnswerParseError(
             f"expected a JSON object of attribute groups, got {type(value).__name__}"
@@ -63,7 +38,7 @@ def parse_boxes(
     original_wh: tuple[int, int],
 ) -> tuple[list[Box], list[str]]:
     """Boxes in oriented-original pixels from an answer, and notes on entries dropped."""
-    value = extract_json(text)
+    value, _ = extract_json(text)
     if isinstance(value, dict):
         value = next((v for v in value.values() if isinstance(v, list)), [value])
     if not isinstance(value, list):

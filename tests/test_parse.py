@@ -96,7 +96,7 @@ def test_sent_size_is_a_smart_resize_fixed_point_only_for_qwen():
     ],
 )
 def test_extract_json(text, expected):
-    value = extract_json(text)
+    value, _ = extract_json(text)
     if isinstance(expected, list):
         assert value[: len(expected)] == expected
     else:

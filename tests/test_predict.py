@@ -421,6 +421,44 @@ def test_endpoint_answers_are_validated_against_the_schema(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        # a nesting loop to the token limit (it crashed predict with RecursionError)
+        ('{"attributes":' * 3000 + "}" * 3000, "JSON nested 3000 levels deep"),
+        # the same loop, truncated
+        ('{"attributes":' * 3000, "JSON nested 3000 levels deep"),
+        # a looping answer longer than any real one
+        ('{"a": "' + "ha" * 150_000, "runaway generation"),
+        # binary
+        ("\x00\x01\x02\x03", "not text"),
+        # empty
+        ("", "empty answer"),
+        # a JSON list, not an object of groups
+        ('["CE", "UKCA"]', "not a JSON object of attribute groups"),
+    ],
+)
+def test_a_pathological_answer_fails_its_item_alone(tmp_path, answer, reason):
+    folder = tmp_path / "catalog"
+    items = [{"item_id": f"I{i}", "images": [photo(folder / f"{i}.png")], "title": f"t{i}"}
+             for i in range(3)]  # fmt: skip
+    catalog = write_catalog(folder, items)
+
+    def responder(request: ChatRequest) -> Reply | str:
+        return answer if "t1" in request.texts[-1] else json.dumps(ANSWER)
+
+    bundle = load_bundle(write_bundle(tmp_path / "bundle"))
+    with FakeOpenAI(responder) as server:
+        summary = predict_catalog(bundle, catalog, tmp_path / "p.jsonl", endpoint(server))
+    records = {r["item_id"]: r for r in read_jsonl(tmp_path / "p.jsonl")}
+    assert set(records) == {"I0", "I1", "I2"} and summary.failed == 1
+    bad = records["I1"]
+    assert bad["stage"] == "parse" and reason in bad["error"], bad["error"]
+    assert len(bad["answer"]) <= 2100  # a runaway answer is cut in the record, saying so
+    for good in ("I0", "I2"):
+        assert records[good]["attributes"]["attributes"]["brand"] == "Acme"
+
+
 # ------------------------------------------------------------------------------ bundle checks
 
 
