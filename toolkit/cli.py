@@ -350,6 +350,16 @@ def dataset_build(
     stats = summary.stats()
     rows = [(f"{k} examples", str(v)) for k, v in summary.examples.items()]
     rows += [(f"left out: {k}", str(v)) for k, v in summary.left_out.items()]
+    shared = stats["shared_photos"]
+    if shared["items"]:
+        rows.append(
+            (
+                "items sharing photos",
+                f"{shared['items']} in {shared['groups']} group(s), the largest "
+                f"{shared['largest']} ({', '.join(shared['largest_items'])}); each group is "
+                "kept in one split",
+            )
+        )
     rows += [
         ("images per example", str(stats["images_per_example"])),
         ("image tokens per example", str(stats["image_tokens_per_example"])),

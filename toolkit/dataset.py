@@ -66,6 +66,18 @@ class DatasetSummary:
     left_out: dict[str, int] = field(default_factory=dict)
     images_per_example: list[int] = field(default_factory=list)
     image_tokens: int = 256
+    # Items that share a photo with another item, grouped (each group stays in one split).
+    shared_photo_groups: list[list[str]] = field(default_factory=list)
+
+    def shared_photos(self) -> dict[str, Any]:
+        """How many items were grouped by shared photos, in how many groups, the largest."""
+        groups = self.shared_photo_groups
+        return {
+            "items": sum(len(g) for g in groups),
+            "groups": len(groups),
+            "largest": len(groups[0]) if groups else 0,
+            "largest_items": groups[0][:5] if groups else [],
+        }
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready statistics (saved next to the dataset)."""
@@ -73,6 +85,7 @@ class DatasetSummary:
         return {
             "examples": self.examples,
             "left_out": self.left_out,
+            "shared_photos": self.shared_photos(),
             "images_per_example": {
                 "median": statistics.median(counts),
                 "mean": round(statistics.fmean(counts), 2),
@@ -141,26 +154,9 @@ def assign_splits(
     `items` maps item_id to {"category": str | None, "hashes": set of image hashes}.
     Items sharing any image hash are grouped and always land in the same split.
     """
-    parent = {item_id: item_id for item_id in items}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    owner: dict[str, str] = {}
-    for item_id in sorted(items):
-        for image_hash in items[item_id]["hashes"]:
-            if image_hash in owner:
-                parent[find(item_id)] = find(owner[image_hash])
-            else:
-                owner[image_hash] = item_id
-    groups: dict[str, list[str]] = {}
-    for item_id in sorted(items):
-        groups.setdefault(find(item_id), []).append(item_id)
+    groups = photo_groups(items)
     by_category: dict[str, list[list[str]]] = {}
-    for members in groups.values():
+    for members in groups:
         category = items[members[0]].get("category") or ""
         by_category.setdefault(category, []).append(members)
     for category in by_category:
@@ -179,17 +175,68 @@ def assign_splits(
     splits: dict[str, str] = {}
     taken = {"test": 0, "validation": 0}
     for members in dealt:
-        if taken["test"] < n_test:
-            split = "test"
-        elif taken["validation"] < n_val:
-            split = "validation"
-        else:
-            split = "train"
+        split = "train"
+        for name, quota in (("test", n_test), ("validation", n_val)):
+            # A held-out split may overshoot by one group, but not take a group of shared
+            # photos far bigger than itself (stock photos on every listing would empty train).
+            if taken[name] < quota and taken[name] + len(members) <= max(2 * quota, quota + 1):
+                split = name
+                break
         if split != "train":
             taken[split] += len(members)
         for item_id in members:
             splits[item_id] = split
     return splits
+
+
+def photo_groups(items: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Items joined by shared photos (pixel hashes), each group's ids sorted, in id order."""
+    parent = {item_id: item_id for item_id in items}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[str, str] = {}
+    for item_id in sorted(items):
+        for image_hash in items[item_id]["hashes"]:
+            if image_hash in owner:
+                parent[find(item_id)] = find(owner[image_hash])
+            else:
+                owner[image_hash] = item_id
+    groups: dict[str, list[str]] = {}
+    for item_id in sorted(items):
+        groups.setdefault(find(item_id), []).append(item_id)
+    return list(groups.values())
+
+
+def shared_photo_groups(items: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The groups of 2+ items that share a photo, largest first."""
+    shared = [group for group in photo_groups(items) if len(group) > 1]
+    return sorted(shared, key=lambda group: (-len(group), group[0]))
+
+
+def _check_train_left(splits: dict[str, str], summary: DatasetSummary) -> None:
+    """CroptuneError (nothing written) when the split leaves no item for train."""
+    if any(split == "train" for split in splits.values()):
+        return
+    shared = summary.shared_photos()
+    held = {s: list(splits.values()).count(s) for s in ("validation", "test")}
+    why = (
+        f"{shared['items']} of the {len(splits)} items share photos with another item "
+        f"({shared['groups']} group(s), the largest {shared['largest']} items: "
+        f"{', '.join(shared['largest_items'])}...), and items sharing a photo stay in one "
+        "split so that no photo is in two"
+        if shared["items"]
+        else f"the catalog has only {len(splits)} items"
+    )
+    raise CroptuneError(
+        f"no item is left for train (validation {held['validation']}, test {held['test']}): "
+        f"{why}. Remove the photos several listings share (stock images, logos) from the "
+        "catalog, or lower validation_ratio/test_ratio; nothing was written"
+    )
 
 
 def _held_out(total: int, ratio: float) -> int:
@@ -236,6 +283,8 @@ def build_dataset(
     if not candidates:
         raise CroptuneError("no item of this run has final attributes; run `croptune label` first")
     splits = assign_splits(candidates, config.validation_ratio, config.test_ratio, config.seed)
+    summary.shared_photo_groups = shared_photo_groups(candidates)
+    _check_train_left(splits, summary)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for item_id in track(list(candidates), "dataset", progress):
         entry = candidates[item_id]
@@ -254,6 +303,12 @@ def build_dataset(
         row.update(item_id=item_id, category=item.category or "")
         rows[splits[item_id]].append(row)
         summary.images_per_example.append(len(images))
+    if not rows["train"]:
+        raise CroptuneError(
+            f"no train example could be built: every train item's images were unreadable "
+            f"({summary.left_out.get('image unreadable', 0)} items left out; see "
+            "`croptune report`); nothing was written"
+        )
     features = dataset_features()
     # Column-wise, so that an empty split still gets its columns.
     dataset = DatasetDict(
