@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.boxes import Box
 from toolkit.catalog import load_ingested_image
+from toolkit.config import dump_yaml
 from toolkit.crops import FUSED_SOURCE
 from toolkit.errors import CroptuneError
 from toolkit.export import MANIFEST, box_class, export_labels_yolo
@@ -503,7 +504,7 @@ def _write_split(
         "names": list(classes),
     }
     data_yaml = dataset_dir / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "utf-8")
+    data_yaml.write_text(dump_yaml(data), "utf-8")
     return data_yaml
 
 
@@ -677,4 +678,4 @@ def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Pa
     }
     summary.config_file = out_dir / CONFIG_FILE
     with atomic_write(summary.config_file) as handle:
-        handle.write(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
+        handle.write(dump_yaml(settings))

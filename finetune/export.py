@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from finetune.train import VLLM_MAX_LORA_RANKS
+from toolkit.config import dump_yaml
 from toolkit.errors import CroptuneError
 
 logger = logging.getLogger(__name__)
@@ -711,7 +712,7 @@ def export_bundle(
             manifest["box_source"] = "detector"
             manifest["detector"] = detector
         (staging / BUNDLE_FILE).write_text(
-            yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=100),
+            dump_yaml(manifest),
             encoding="utf-8",
         )
         if merge:
@@ -795,9 +796,7 @@ def _write_detector(source: Path, target: Path) -> dict[str, Any]:
     _path_free_checkpoint(target / WEIGHTS_FILE)
     settings = _read_yaml(source / CONFIG_FILE)
     settings.pop("run", None)  # the training machine's run folder
-    (target / CONFIG_FILE).write_text(
-        yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
+    (target / CONFIG_FILE).write_text(dump_yaml(settings), encoding="utf-8")
     return {
         "path": "detector",
         "weights": f"detector/{WEIGHTS_FILE}",
@@ -1111,7 +1110,7 @@ def model_card(manifest: dict[str, Any]) -> str:
     groups = schema.get("groups") or {}
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
+        dump_yaml(front).strip(),
         "---",
         "",
         f"# {name}: croptune student (LoRA on {base})",

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from finetune.students import LORA_TARGETS, lora_targets
+from toolkit.config import dump_yaml
 from toolkit.dataset import dataset_features, example_row  # noqa: F401 - one row shape, re-exported
 from toolkit.errors import CroptuneError
 
@@ -251,9 +252,7 @@ def load_train_config(path: Path | None, overrides: list[str]) -> TrainConfig:
 
 def save_train_config(config: TrainConfig, path: Path) -> None:
     """Write a config as YAML that load_train_config reads back into an equal config."""
-    path.write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
+    path.write_text(dump_yaml(config.model_dump(mode="json")), encoding="utf-8")
 
 
 def _load_splits(dataset_dir: Path) -> Any:

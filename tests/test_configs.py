@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from finetune.students import LORA_TARGETS, list_presets, load_preset
 from finetune.train import VLLM_MAX_LORA_RANKS, load_train_config, lora_target_of
@@ -108,3 +109,13 @@ def test_accelerate_configs_load(path):
 
 def test_accelerate_ships_ddp_fsdp_and_zero3():
     assert {p.name for p in ACCELERATE} == {"ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"}
+
+
+def test_dump_yaml_writes_shared_values_twice_not_as_anchors():
+    from toolkit.config import dump_yaml
+
+    shared = {"f1": 0.5, "fields": ["brand", "gtin"]}
+    text = dump_yaml({"metrics": shared, "evaluations": [shared], "name": "Grüße"})
+    assert "&" not in text and "*" not in text
+    assert "Grüße" in text  # unicode as is
+    assert yaml.safe_load(text) == {"metrics": shared, "evaluations": [shared], "name": "Grüße"}

@@ -314,7 +314,11 @@ def test_bundle_layout_and_manifest(bundle, dataset_dir):
     assert (bundle / "merged" / "model.safetensors").is_file()
     assert (bundle / "merged" / "chat_template.jinja").is_file()
 
-    manifest = yaml.safe_load((bundle / "croptune.yaml").read_text())
+    text = (bundle / "croptune.yaml").read_text()
+    # Plain YAML: the student's metrics appear twice (metrics, evaluations), never as an alias.
+    assert "&id" not in text and "*id" not in text
+    manifest = yaml.safe_load(text)
+    assert manifest["metrics"] == manifest["evaluations"][1]
     assert manifest["base_model"] == "croptune:tiny"
     assert manifest["base_folder"] == "base"
     assert manifest["lora_name"] == "croptune-tiny"

@@ -68,3 +68,15 @@ def load_stage_config(cls: type[ConfigT], path: Path | None, overrides: list[str
         )
         origin = f" in {path}" if path else ""
         raise CroptuneError(f"{cls.__name__}{origin} is not valid: {problems}") from exc
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A SafeDumper that writes a value shared by two keys twice, never as &anchor/*alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: Any, width: int = 100) -> str:
+    """Plain YAML for files people read (configs, croptune.yaml): keys in order, no anchors."""
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True, width=width)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.boxes import Box
+from toolkit.config import dump_yaml
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError, encode_jpeg, load_image
@@ -245,7 +246,7 @@ def _complete_data_yaml(path: Path) -> None:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     # Relative to the yaml's folder; every image is in one split, so train = val.
     data.update(train="images", val="images")
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(dump_yaml(data), encoding="utf-8")
 
 
 def _check_target(out_dir: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from toolkit.catalog import IngestSummary, ingest_catalog, load_catalog
+from toolkit.config import dump_yaml
 from toolkit.crops import CropConfig, CropSummary, crop_run
 from toolkit.dataset import DatasetConfig, DatasetSummary, build_dataset
 from toolkit.errors import CroptuneError
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 def save_resolved_config(config: Any, path: Path) -> None:
     """Write a stage's resolved config as YAML next to what it produced."""
     data = config.model_dump(mode="json", by_alias=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    path.write_text(dump_yaml(data))
 
 
 def run_schema(store: RunStore) -> AttributeSchema:
