@@ -157,14 +157,21 @@ def label(
     batch: bool = typer.Option(
         False, "--batch", help="Attributes through OpenAI's Batch API (half price, up to 24 h)."
     ),
+    allow_outside_paths: bool = typer.Option(
+        False,
+        "--allow-outside-paths",
+        help="Accept image paths that leave the catalog folder (the config's "
+        "allow_outside_paths: true).",
+    ),
 ) -> None:
     """Ingest a catalog and label it with teacher models (resumable)."""
     from teacher_labeling.teachers import load_label_config
     from toolkit.pipeline import run_label
 
-    ingest, result = run_label(
-        catalog, load_label_config(config), run, limit, dry_run, _State.progress, batch
-    )
+    label_config = load_label_config(config)
+    if allow_outside_paths:
+        label_config = label_config.model_copy(update={"allow_outside_paths": True})
+    ingest, result = run_label(catalog, label_config, run, limit, dry_run, _State.progress, batch)
     for problem in ingest.problems:
         typer.echo(str(problem), err=True)
     rows = [
