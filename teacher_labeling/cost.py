@@ -16,7 +16,8 @@ class Price(BaseModel):
 
 
 # OpenAI list prices (USD per 1M tokens, standard tier). Override or extend per model with
-# `prices:` in the label config; a model not listed (e.g. a self-hosted vLLM one) costs 0.
+# `prices:` in the label config. A model not listed (e.g. a self-hosted vLLM one) has no known
+# price: runs and --dry-run say "price unknown" rather than $0.00 (list it with 0 if it is free).
 DEFAULT_PRICES: dict[str, Price] = {
     "gpt-4.1": Price(input=2.00, output=8.00),
     "gpt-4.1-mini": Price(input=0.40, output=1.60),
@@ -27,13 +28,14 @@ DEFAULT_PRICES: dict[str, Price] = {
 BATCH_DISCOUNT = 0.5  # the Batch API bills half the standard price
 
 
-def price_for(model: str, prices: dict[str, Price]) -> Price:
-    """The price of a model: an exact entry, else the longest listed prefix (dated snapshots)."""
+def price_for(model: str, prices: dict[str, Price]) -> Price | None:
+    """The price of a model: an exact entry, else the longest listed prefix (dated snapshots);
+    None when neither the table nor the config lists it."""
     table = {**DEFAULT_PRICES, **prices}
     if model in table:
         return table[model]
     matches = [name for name in table if model.startswith(name)]
-    return table[max(matches, key=len)] if matches else Price(input=0, output=0)
+    return table[max(matches, key=len)] if matches else None
 
 
 def request_cost(
@@ -71,11 +73,23 @@ class Spend:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usd: float = 0.0
+    priced: bool = True  # False once a request of a model without a known price is counted
 
     def add(
-        self, price: Price, prompt_tokens: int, completion_tokens: int, batch: bool = False
+        self, price: Price | None, prompt_tokens: int, completion_tokens: int, batch: bool = False
     ) -> None:
-        """Account one request."""
+        """Account one request (its tokens only, when the price is unknown)."""
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
-        self.usd += request_cost(price, prompt_tokens, completion_tokens, batch)
+        if price is None:
+            self.priced = False
+        else:
+            self.usd += request_cost(price, prompt_tokens, completion_tokens, batch)
+
+
+PRICE_UNKNOWN = "price unknown (list the model under `prices:` in the label config)"
+
+
+def format_usd(usd: float | None) -> str:
+    """$1.23, or 'price unknown' for a model without a price."""
+    return PRICE_UNKNOWN if usd is None else f"${usd:.2f}"

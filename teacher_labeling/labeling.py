@@ -418,7 +418,7 @@ class PendingRequests:
     items: int = 0
     per_teacher: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
-    usd: dict[str, float] = field(default_factory=dict)
+    usd: dict[str, float | None] = field(default_factory=dict)  # None: price unknown
     cached: int = 0
 
 
@@ -454,7 +454,11 @@ def pending_requests(
             result.per_teacher[name] = result.per_teacher.get(name, 0) + 1
             total_in, total_out = result.tokens.get(name, (0, 0))
             result.tokens[name] = (total_in + prompt, total_out + completion)
-            price = run.prices[name]
-            result.usd[name] = result.usd.get(name, 0.0) + request_cost(price, prompt, completion)
+            price, so_far = run.prices[name], result.usd.get(name, 0.0)
+            result.usd[name] = (
+                None
+                if price is None or so_far is None
+                else so_far + request_cost(price, prompt, completion)
+            )
     result.cached = run.summary.cached
     return result

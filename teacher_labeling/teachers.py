@@ -255,8 +255,9 @@ class Teacher(ABC):
     async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
         """Answer one request (raises TeacherError when it cannot)."""
 
-    def price(self, prices: dict[str, Price]) -> Price:
-        """What the teacher's tokens cost (0 for the reference and local teachers)."""
+    def price(self, prices: dict[str, Price]) -> Price | None:
+        """What the teacher's tokens cost (0 for the reference and local teachers, None when
+        no price is known for its model)."""
         return (
             price_for(self.config.model, prices)
             if self.config.kind == "openai"

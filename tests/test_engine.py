@@ -73,8 +73,8 @@ def test_api_key_only_from_the_named_variable(monkeypatch):
         pytest.param("gpt-4.1", DEFAULT_PRICES["gpt-4.1"], id="exact"),
         # dated snapshot: the longest listed prefix
         pytest.param("gpt-4.1-mini-2025-04-14", DEFAULT_PRICES["gpt-4.1-mini"], id="snapshot"),
-        # self-hosted model: free
-        pytest.param("Qwen/Qwen2.5-VL-32B-Instruct", Price(input=0, output=0), id="self-hosted"),
+        # self-hosted model: no known price (not $0.00: the user says so with `prices:`)
+        pytest.param("Qwen/Qwen2.5-VL-32B-Instruct", None, id="self-hosted"),
     ],
 )
 def test_price_for(model, expected):

@@ -211,3 +211,32 @@ def test_missing_key_variable_fails_before_any_work(tmp_path, server):
     assert result.returncode == 1
     assert "CROPTUNE_TEST_KEY is not set" in result.stderr
     assert not log.exists() or log.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("prices", "shown"),
+    [
+        # a self-hosted model nobody priced: unknown, not $0.00
+        (None, "price unknown"),
+        # priced in the config (a free server says so with 0)
+        ({"qwen-test": {"input": 0, "output": 0}}, "~$0.00"),
+        ({"qwen-test": {"input": 1000, "output": 1000}}, "~$"),
+    ],
+)
+def test_dry_run_says_price_unknown_for_a_model_without_a_price(tmp_path, server, prices, shown):
+    base_url, _ = server
+    catalog = _catalog(tmp_path / "catalog", 2)
+    config = _config(tmp_path / "label.yaml", base_url)
+    if prices:
+        data = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**data, "prices": prices}))
+    result = subprocess.run(
+        [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run",
+         str(tmp_path / "run"), "--dry-run"],
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "requests to send" in line)
+    assert shown in row, row
+    if prices is None:
+        assert "$0.00" not in result.stdout

@@ -186,6 +186,8 @@ def label(
 
 
 def _pending_rows(pending: Any) -> list[tuple[str, str]]:
+    from teacher_labeling.cost import format_usd
+
     rows = []
     for name, count in pending.per_teacher.items():
         tokens_in, tokens_out = pending.tokens[name]
@@ -193,7 +195,8 @@ def _pending_rows(pending: Any) -> list[tuple[str, str]]:
             (
                 f"{name}: requests to send",
                 f"{count} (~{tokens_in:,} input + {tokens_out:,} output tokens, "
-                f"~${pending.usd[name]:.2f})",
+                f"{'~' if pending.usd[name] is not None else ''}"
+                f"{format_usd(pending.usd[name])})",
             )
         )
     rows.append(("requests already answered", str(pending.cached)))
@@ -201,6 +204,8 @@ def _pending_rows(pending: Any) -> list[tuple[str, str]]:
 
 
 def _label_rows(result: Any) -> list[tuple[str, str]]:
+    from teacher_labeling.cost import format_usd
+
     rows = [
         ("requests sent", str(result.asked)),
         ("answered from the store (cache)", str(result.cached)),
@@ -213,7 +218,8 @@ def _label_rows(result: Any) -> list[tuple[str, str]]:
             rows.append(
                 (
                     f"{name}: tokens, cost",
-                    f"{spend.prompt_tokens:,} in + {spend.completion_tokens:,} out, ${spend.usd:.2f}",
+                    f"{spend.prompt_tokens:,} in + {spend.completion_tokens:,} out, "
+                    f"{format_usd(spend.usd if spend.priced else None)}",
                 )
             )
     if result.agreement:
