@@ -320,7 +320,7 @@ BadCase = Callable[[Path], Path]
             _nothing,
             lambda r: _jsonl(r, [{"images": ["img/good.png"]}, GOOD]),
             "line 1",
-            ["item_id: Field required"],
+            ["item_id: missing; every item needs item_id and images"],
             1,
             id="missing-item-id",
         ),
@@ -329,16 +329,27 @@ BadCase = Callable[[Path], Path]
             _nothing,
             lambda r: _jsonl(r, [{"item_id": "   ", "images": ["img/good.png"]}, GOOD]),
             "line 1",
-            ["item_id: String should have at least 1 character"],
+            ["item_id: empty: an item_id must be a non-blank text"],
             1,
             id="blank-item-id",
+        ),
+        # A title that is not text: said in the catalog's terms, not pydantic's.
+        pytest.param(
+            _nothing,
+            lambda r: _jsonl(
+                r, [{"item_id": "BAD", "images": ["img/good.png"], "title": ["x"]}, GOOD]
+            ),
+            "item BAD",
+            ["title: must be text, not a list"],
+            1,
+            id="title-not-text",
         ),
         # An empty images list.
         pytest.param(
             _nothing,
             lambda r: _jsonl(r, [{"item_id": "BAD", "images": []}, GOOD]),
             "item BAD",
-            ["images: List should have at least 1 item"],
+            ["images: no images: an item needs at least one photo"],
             1,
             id="empty-images",
         ),
@@ -479,7 +490,7 @@ BadCase = Callable[[Path], Path]
             _nothing,
             lambda r: _csv(r, [{"images": "img/good.png"}, GOOD]),
             "row 2",
-            ["item_id: Field required"],
+            ["item_id: missing; every item needs item_id and images"],
             1,
             id="csv-missing-item-id",
         ),
@@ -614,6 +625,20 @@ def test_one_broken_image_leaves_the_item_usable(tmp_path: Path) -> None:
         pytest.param(lambda d: d / "nope.jsonl", ["nope.jsonl", "does not exist"], id="missing"),
         # A folder that is not a save_to_disk dataset.
         pytest.param(lambda d: d, ["is not a dataset saved with save_to_disk"], id="plain-folder"),
+        # A JSON array instead of JSON Lines: one message with the conversion, not one per line.
+        pytest.param(
+            lambda d: _touch(
+                d / "catalog.json", b'[{"item_id": "A", "images": ["a.png"]},\n {"item_id": "B"}]'
+            ),
+            ["is a JSON array; croptune reads JSON Lines", "> catalog.jsonl"],
+            id="json-array",
+        ),
+        # A CSV with other column names: the columns found and the ones expected, once.
+        pytest.param(
+            lambda d: _touch(d / "catalog.csv", b"id,image_paths\nA,a.png\nB,b.png\n"),
+            ["found columns id,image_paths; expected item_id,images", "missing: item_id, images"],
+            id="csv-other-columns",
+        ),
         # A .parquet file that is not Parquet.
         pytest.param(
             lambda d: _touch(d / "catalog.parquet", b"PAR? no"),

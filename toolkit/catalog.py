@@ -170,8 +170,51 @@ def _validate_record(where: str, record: Any, problems: list[Problem]) -> Catalo
     except ValidationError as exc:
         for error in exc.errors():
             loc = ".".join(str(p) for p in error["loc"]) or "record"
-            problems.append(Problem(label, f"{loc}: {error['msg']}"))
+            problems.append(Problem(label, f"{loc}: {_plain_message(error)}"))
     return None
+
+
+# Catalog fields every item needs; the others are optional (DESIGN's catalog format).
+REQUIRED_FIELDS = ("item_id", "images")
+OPTIONAL_FIELDS = ("title", "category", "text", "attributes", "boxes")
+
+
+def _plain_message(error: Any) -> str:
+    """A pydantic error in a catalog author's words (no 'List should have at least 1 item')."""
+    kind, field = error.get("type", ""), str(error["loc"][0]) if error.get("loc") else ""
+    if kind == "missing":
+        hint = " (the listing's photos: a list of paths or URLs)" if field == "images" else ""
+        return f"missing; every item needs {' and '.join(REQUIRED_FIELDS)}{hint}"
+    if kind == "too_short" and field == "images":
+        return "no images: an item needs at least one photo"
+    if kind == "string_too_short" and field == "item_id":
+        return "empty: an item_id must be a non-blank text"
+    if kind in _WANTED:
+        got = _JSON_TYPES.get(type(error.get("input")).__name__, type(error.get("input")).__name__)
+        return f"must be {_WANTED[kind]}, not {got}"
+    return str(error["msg"])
+
+
+_WANTED = {
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a JSON object",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "int_parsing": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "tuple_type": "a list of 4 numbers",
+}
+_JSON_TYPES = {
+    "str": "text",
+    "list": "a list",
+    "dict": "an object",
+    "int": "a number",
+    "float": "a number",
+    "bool": "true/false",
+    "NoneType": "null",
+}
 
 
 def _check_item(
@@ -233,6 +276,15 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     with path.open(encoding="utf-8", errors="replace") as handle:
+        head = handle.read(4096).lstrip("\ufeff \t\r\n")
+        handle.seek(0)
+        if head.startswith("[") and _is_json_array(handle):  # not a per-line matter
+            raise CroptuneError(
+                f"catalog {path} is a JSON array; croptune reads JSON Lines: one item object "
+                'per line. Convert it with: python -c "import json,sys; '
+                '[print(json.dumps(i)) for i in json.load(open(sys.argv[1]))]" '
+                f"{path.name} > {path.stem}.jsonl"
+            )
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -245,9 +297,30 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
                 )
 
 
+def _is_json_array(handle: Any) -> bool:
+    """Whether a whole file is one JSON array (a first line holding a list is not)."""
+    try:
+        whole = json.load(handle)
+    except json.JSONDecodeError:
+        return False
+    finally:
+        handle.seek(0)
+    return isinstance(whole, list)
+
+
 def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        for number, row in enumerate(csv.DictReader(handle), start=2):
+        reader = csv.DictReader(handle)
+        columns = [c for c in reader.fieldnames or [] if c]
+        missing = [name for name in REQUIRED_FIELDS if name not in columns]
+        if missing:  # a header problem, said once rather than once per row
+            raise CroptuneError(
+                f"catalog {path}: found columns {','.join(columns) or '(none)'}; expected "
+                f"{','.join(REQUIRED_FIELDS)} (missing: {', '.join(missing)}), optionally "
+                f"{','.join(OPTIONAL_FIELDS)}. Rename the header's columns to these names "
+                "(images: photo paths joined by '|')"
+            )
+        for number, row in enumerate(reader, start=2):
             yield f"row {number}", {k: v for k, v in row.items() if k is not None and v != ""}
 
 
