@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from toolkit.store import CropRow, ItemRow, RunStore
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+# Numbers and bracketed values in a warning are its particulars, not its cause.
+_WARNING_DETAIL = re.compile(r"\[[^\]]*\]|\(\d[^)]*\)")
 
 
 @dataclass
@@ -42,6 +45,8 @@ class LabelSummary:
     labels: int = 0
     boxes: int = 0
     errors: list[str] = field(default_factory=list)
+    # What was dropped, moved or clipped from answers, by cause -> the items it happened to.
+    warnings: dict[str, list[str]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
     spend: dict[str, Spend] = field(default_factory=dict)
     agreement: dict[str, Any] | None = None
@@ -50,6 +55,11 @@ class LabelSummary:
     def usd(self) -> float:
         """Money spent by all teachers in this run."""
         return sum(s.usd for s in self.spend.values())
+
+    def warn(self, teacher: str, note: str, item_id: str) -> None:
+        """Count one note under its cause (the note without its particulars)."""
+        cause = f"{teacher}: " + _WARNING_DETAIL.sub("[...]", note.split(": ", 1)[0])
+        self.warnings.setdefault(cause, []).append(item_id)
 
 
 @dataclass
@@ -349,6 +359,7 @@ def _store_attributes(
         return
     for note in notes:
         run.store.log_event("label", note, "warning", item.item_id, teacher.name)
+        run.summary.warn(teacher.name, note, item.item_id)
     run.store.record_answer(
         request.cache_key, teacher.name, request.model, item.item_id, None, text, usage,
         labels=attributes, generation=run.generation,
@@ -372,6 +383,7 @@ def _store_boxes(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, us
     boxes, problems = clean_boxes(boxes, {index: request.original_size})
     for note in notes + problems:
         run.store.log_event("label", note, "warning", item.item_id, teacher.name, index)
+        run.summary.warn(teacher.name, note, item.item_id)
     ids = run.store.record_answer(
         request.cache_key, teacher.name, request.model, item.item_id, index, text, usage,
         boxes=boxes,

@@ -240,3 +240,40 @@ def test_dry_run_says_price_unknown_for_a_model_without_a_price(tmp_path, server
     assert shown in row, row
     if prices is None:
         assert "$0.00" not in result.stdout
+
+
+def test_flat_reference_attributes_are_grouped_and_every_warning_reaches_the_console(tmp_path):
+    """A catalog whose attributes lack the schema's groups: mapped where unambiguous, and
+    what was moved or dropped is summarised by cause on the console, not only in the store."""
+    folder = tmp_path / "catalog"
+    (folder / "img").mkdir(parents=True)
+    lines = []
+    for i in range(4):
+        Image.new("RGB", (60, 40), (10 * i, 100, 100)).save(folder / "img" / f"{i}.png")
+        flat = {"brand": f"Acme{i}", "gtin": f"400638133393{i}", "shoe_size": "42"}
+        lines.append(
+            json.dumps({"item_id": f"F{i}", "images": [f"img/{i}.png"], "attributes": flat})
+        )
+    (folder / "catalog.jsonl").write_text("\n".join(lines) + "\n")
+    config = (
+        Path(__file__).resolve().parent.parent / "examples" / "configs" / "label-reference.yaml"
+    )
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [CROPTUNE, "--no-progress", "label", str(folder / "catalog.jsonl"), "--config", str(config),
+         "--run", str(run)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with RunStore(run, create=False) as store:
+        assert store.final_attributes("F2") == {
+            "attributes": {"brand": "Acme2"},
+            "identifiers": {"gtin": "4006381333932"},
+        }
+    err = result.stderr
+    assert "warning(s), by cause" in err
+    assert "4 x reference: field 'brand' given at the top level" in err
+    assert (
+        "4 x reference: unknown field 'shoe_size' dropped (no group has it) "
+        "(4 item(s): F0, F1, F2, ...)"
+    ) in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -154,3 +155,30 @@ def test_parse_attributes_cleans_to_schema():
 def test_parse_attributes_refuses_a_list():
     with pytest.raises(AnswerParseError):
         parse_attributes("[1, 2]", load_schema())
+
+
+@pytest.mark.parametrize(
+    ("answer", "cleaned", "note"),
+    [
+        # flat: each field name exists in exactly one group, so it is placed there
+        ({"brand": "Acme", "gtin": "123"},
+         {"attributes": {"brand": "Acme"}, "identifiers": {"gtin": "123"}},
+         "field 'brand' given at the top level: placed in group 'attributes'"),
+        # mixed: the grouped value wins over a flat duplicate, which is dropped and said so
+        ({"brand": "Flat", "attributes": {"brand": "Grouped"}},
+         {"attributes": {"brand": "Grouped"}},
+         "field 'brand' at the top level: group 'attributes' already has it; dropped"),
+        # a flat name no group has
+        ({"shoe_size": "42"}, {}, "unknown field 'shoe_size' dropped (no group has it)"),
+        # a group the schema does not have
+        ({"extras": {"a": 1}}, {}, "unknown group 'extras' dropped"),
+    ],
+)  # fmt: skip
+def test_schema_clean_maps_flat_answers_and_says_what_it_did(answer, cleaned, note):
+    from toolkit.schema import load_schema
+
+    before = json.dumps(answer, sort_keys=True)
+    result, notes = load_schema("compliance").clean(answer)
+    assert result == cleaned
+    assert note in notes
+    assert json.dumps(answer, sort_keys=True) == before  # the answer itself is not changed

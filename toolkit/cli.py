@@ -182,7 +182,20 @@ def label(
         _table(f"croptune label --dry-run ({run})", rows + _pending_rows(result))
         return
     _table(f"croptune label ({run})", rows + _label_rows(result))
+    _print_warnings(result.warnings, run)
     _exit_if_stopped(result)
+
+
+def _print_warnings(warnings: dict[str, list[str]], run: Path) -> None:
+    """One line per cause of what was dropped, moved or clipped: count and a few item ids."""
+    if not warnings:
+        return
+    total = sum(len(ids) for ids in warnings.values())
+    typer.echo(f"{total} warning(s), by cause (each one is in {run}/run.sqlite, events):", err=True)
+    for cause, ids in sorted(warnings.items(), key=lambda kv: -len(kv[1])):
+        unique = list(dict.fromkeys(ids))
+        shown = ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
+        typer.echo(f"  {len(ids)} x {cause} ({len(unique)} item(s): {shown})", err=True)
 
 
 def _pending_rows(pending: Any) -> list[tuple[str, str]]:
@@ -293,6 +306,7 @@ def relabel(
         _table(f"croptune relabel --dry-run ({run})", _pending_rows(result))
         return
     _table(f"croptune relabel ({run})", _label_rows(result))
+    _print_warnings(result.warnings, run)
     _exit_if_stopped(result)
 
 

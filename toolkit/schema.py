@@ -82,9 +82,14 @@ class AttributeSchema(BaseModel):
         notes: list[str] = []
         if not isinstance(answer, dict):
             return {}, [f"answer is a {type(answer).__name__}, not an object"]
+        answer, notes = self._grouped(answer)
         for group, values in answer.items():
             if group not in self.groups:
-                notes.append(f"unknown group {group!r} dropped")
+                notes.append(
+                    f"unknown group {group!r} dropped"
+                    if isinstance(values, dict)
+                    else f"unknown field {group!r} dropped (no group has it)"
+                )
                 continue
             if not isinstance(values, dict):
                 notes.append(f"group {group!r} is not an object; dropped")
@@ -102,6 +107,36 @@ class AttributeSchema(BaseModel):
             if out:
                 cleaned[group] = out
         return cleaned, notes
+
+    def _grouped(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Top-level field names (a flat answer) moved into the one group that has them."""
+        owners: dict[str, list[str]] = {}
+        for group, fields in self.groups.items():
+            for name in fields:
+                owners.setdefault(name, []).append(group)
+        flat = {k: v for k, v in answer.items() if k not in self.groups and k in owners}
+        grouped = {  # copies: the caller's answer stays as it was
+            k: dict(v) if isinstance(v, dict) else v for k, v in answer.items() if k not in flat
+        }
+        notes: list[str] = []
+        for key, value in flat.items():
+            groups = owners[key]
+            if len(groups) > 1:
+                notes.append(
+                    f"field {key!r} at the top level fits groups {', '.join(groups)}; dropped"
+                )
+                continue
+            target = grouped.get(groups[0])
+            if target is None:
+                target = grouped[groups[0]] = {}
+            if not isinstance(target, dict) or key in target:
+                notes.append(
+                    f"field {key!r} at the top level: group {groups[0]!r} already has it; dropped"
+                )
+                continue
+            target[key] = value
+            notes.append(f"field {key!r} given at the top level: placed in group {groups[0]!r}")
+        return grouped, notes
 
     def describe(self) -> str:
         """The schema as compact JSON text, for prompts."""
