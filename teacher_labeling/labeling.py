@@ -30,8 +30,17 @@ from toolkit.store import CropRow, ItemRow, RunStore
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
-# Numbers and bracketed values in a warning are its particulars, not its cause.
-_WARNING_DETAIL = re.compile(r"\[[^\]]*\]|\(\d[^)]*\)")
+# Quoted excerpts (an answer's text), bracketed values and numbers in parentheses are a
+# message's particulars, not its cause: "no JSON object or list in the answer: '<noise>'" is one
+# cause for every item. Short quoted names ('brand') are the cause and stay.
+_PARTICULARS = re.compile(
+    r"(?<!\w)'[^']{25,}'(?!\w)|(?<!\w)\"[^\"]{25,}\"(?!\w)|\[[^\]]*\]|\(\d[^)]*\)"
+)
+
+
+def cause_of(teacher: str | None, message: str) -> str:
+    """The cause a warning or failure message reports, without its particulars."""
+    return (f"{teacher}: " if teacher else "") + _PARTICULARS.sub("...", message)
 
 
 @dataclass
@@ -45,6 +54,8 @@ class LabelSummary:
     labels: int = 0
     boxes: int = 0
     errors: list[str] = field(default_factory=list)
+    # Failures by cause -> the items they happened to (the console's summary of `errors`).
+    failures: dict[str, list[str]] = field(default_factory=dict)
     # What was dropped, moved or clipped from answers, by cause -> the items it happened to.
     warnings: dict[str, list[str]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
@@ -57,9 +68,13 @@ class LabelSummary:
         return sum(s.usd for s in self.spend.values())
 
     def warn(self, teacher: str, note: str, item_id: str) -> None:
-        """Count one note under its cause (the note without its particulars)."""
-        cause = f"{teacher}: " + _WARNING_DETAIL.sub("[...]", note.split(": ", 1)[0])
-        self.warnings.setdefault(cause, []).append(item_id)
+        """Count one note under its cause."""
+        self.warnings.setdefault(cause_of(teacher, note), []).append(item_id)
+
+    @property
+    def produced_nothing(self) -> bool:
+        """Every request failed: no label, no box, nothing from the cache."""
+        return self.failed > 0 and not (self.labels or self.boxes or self.cached)
 
 
 @dataclass
@@ -104,8 +119,9 @@ class _LabelRun:
         self.summary.failed += 1
         where = f"item {item_id}" + (f" ({teacher})" if teacher else "")
         self.summary.errors.append(f"{where}: {message}")
+        self.summary.failures.setdefault(cause_of(teacher, message), []).append(item_id)
         self.store.log_event("label", message, "error", item_id, teacher, image)
-        logger.warning("%s: %s", where, message)
+        logger.debug("%s: %s", where, message)  # the CLI prints them grouped by cause
 
 
 def label_items(

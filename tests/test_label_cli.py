@@ -277,3 +277,25 @@ def test_flat_reference_attributes_are_grouped_and_every_warning_reaches_the_con
         "4 x reference: unknown field 'shoe_size' dropped (no group has it) "
         "(4 item(s): F0, F1, F2, ...)"
     ) in err
+
+
+def test_a_run_where_every_request_fails_exits_1_with_failures_grouped_by_cause(tmp_path):
+    from tests.fake_openai import FakeOpenAI, FixedAnswer
+
+    catalog = _catalog(tmp_path / "catalog", 5)
+    with FakeOpenAI(FixedAnswer("I can see a red square but no text at all, sorry.")) as server:
+        config = _config(tmp_path / "label.yaml", server.base_url)
+        result = subprocess.run(
+            [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run",
+             str(tmp_path / "run")],
+            env=_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    err = result.stderr
+    # One line for the one cause, with the count and the items, not five lines.
+    assert "5 failed request(s), by cause" in err
+    assert (
+        "5 x qwen: boxes: no JSON object or list in the answer: ... (5 item(s): I00, I01, I02, ...)"
+    ) in err
+    assert err.count("no JSON object") == 1
+    assert "label produced nothing: all 5 request(s) failed" in err

@@ -182,18 +182,17 @@ def label(
         _table(f"croptune label --dry-run ({run})", rows + _pending_rows(result))
         return
     _table(f"croptune label ({run})", rows + _label_rows(result))
-    _print_warnings(result.warnings, run)
-    _exit_if_stopped(result)
+    _report_label_run(result, run, "label")
 
 
-def _print_warnings(warnings: dict[str, list[str]], run: Path) -> None:
-    """One line per cause of what was dropped, moved or clipped: count and a few item ids."""
-    if not warnings:
+def _print_by_cause(what: str, by_cause: dict[str, list[str]], run: Path) -> None:
+    """One line per cause (of failures, or of what was dropped, moved or clipped): count, ids."""
+    if not by_cause:
         return
-    total = sum(len(ids) for ids in warnings.values())
-    typer.echo(f"{total} warning(s), by cause (each one is in {run}/run.sqlite, events):", err=True)
-    for cause, ids in sorted(warnings.items(), key=lambda kv: -len(kv[1])):
-        unique = list(dict.fromkeys(ids))
+    total = sum(len(ids) for ids in by_cause.values())
+    typer.echo(f"{total} {what}, by cause (each one is in {run}/run.sqlite, events):", err=True)
+    for cause, ids in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
+        unique = sorted(set(ids))
         shown = ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
         typer.echo(f"  {len(ids)} x {cause} ({len(unique)} item(s): {shown})", err=True)
 
@@ -240,9 +239,17 @@ def _label_rows(result: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def _exit_if_stopped(result: Any) -> None:
+def _report_label_run(result: Any, run: Path, stage: str) -> None:
+    """Failures and warnings by cause; exit 1 when a teacher was stopped or nothing came back."""
+    _print_by_cause("failed request(s)", result.failures, run)
+    _print_by_cause("warning(s)", result.warnings, run)
     if result.stopped:
         raise CroptuneError(" ".join(result.stopped.values()))
+    if result.produced_nothing:
+        raise CroptuneError(
+            f"{stage} produced nothing: all {result.failed} request(s) failed (causes above); "
+            f"run `croptune {stage}` again once the cause is fixed, finished work is kept"
+        )
 
 
 @app.command()
@@ -306,8 +313,7 @@ def relabel(
         _table(f"croptune relabel --dry-run ({run})", _pending_rows(result))
         return
     _table(f"croptune relabel ({run})", _label_rows(result))
-    _print_warnings(result.warnings, run)
-    _exit_if_stopped(result)
+    _report_label_run(result, run, "relabel")
 
 
 @labels_app.command("export")
