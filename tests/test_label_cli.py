@@ -299,3 +299,19 @@ def test_a_run_where_every_request_fails_exits_1_with_failures_grouped_by_cause(
     ) in err
     assert err.count("no JSON object") == 1
     assert "label produced nothing: all 5 request(s) failed" in err
+
+
+def test_dry_run_checks_the_endpoint_like_a_real_run(tmp_path):
+    """An estimate for a teacher that cannot answer is no estimate: the same checks, at once."""
+    from tests.vllm_server import free_port
+
+    catalog = _catalog(tmp_path / "catalog", 2)
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config = _config(tmp_path / "label.yaml", url)
+    result = subprocess.run(
+        [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run",
+         str(tmp_path / "run"), "--dry-run"],
+        env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"teacher 'qwen': nothing answers at {url}" in result.stderr

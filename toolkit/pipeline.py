@@ -49,7 +49,8 @@ def run_label(
     """Ingest a catalog into the run and label it with the configured teachers."""
     from teacher_labeling.labeling import label_items, pending_requests
 
-    teachers = _teachers(config, check=not dry_run)
+    # --dry-run checks too: an estimate for a teacher that cannot answer is no estimate.
+    teachers = _teachers(config)
     catalog = load_catalog(catalog_path, allow_outside=config.allow_outside_paths)
     with RunStore(run_dir) as store:
         store.set_meta("schema_json", load_schema(config.schema_).model_dump_json())
@@ -70,7 +71,7 @@ def run_relabel(run_dir: Path, config: Any, dry_run: bool = False, progress: boo
     """ "Better labels": the attributes teachers again, on originals + the run's crops."""
     from teacher_labeling.labeling import label_items, pending_requests
 
-    teachers = [t for t in _teachers(config, check=not dry_run) if t.does_attributes]
+    teachers = [t for t in _teachers(config) if t.does_attributes]
     if not teachers:
         raise CroptuneError("relabel needs an attributes teacher (role: attributes) in the config")
     with RunStore(run_dir, create=False) as store:
@@ -83,14 +84,14 @@ def run_relabel(run_dir: Path, config: Any, dry_run: bool = False, progress: boo
         return label_items(store, teachers, None, progress, config.prices, relabel=True)
 
 
-def _teachers(config: Any, check: bool = True) -> list[Any]:
-    """The configured teachers, checked (keys present) before any work starts."""
+def _teachers(config: Any) -> list[Any]:
+    """The configured teachers, checked (key, server, model) before any work starts."""
     from teacher_labeling.teachers import build_teacher
 
     schema = load_schema(config.schema_)
     teachers = [build_teacher(t, schema) for t in config.teachers]
     for teacher in teachers:
-        if check and hasattr(teacher, "check_ready"):
+        if hasattr(teacher, "check_ready"):
             teacher.check_ready()
     return teachers
 
