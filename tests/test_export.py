@@ -629,3 +629,17 @@ def test_export_ships_the_detector_without_its_training_data(adapter, tmp_path):
     assert "`detector/`" in (out / "README.md").read_text()
     with pytest.raises(CroptuneError, match=r"holds no detector\.pt"):
         export_bundle(adapter, tmp_path / "bundle2", detector_dir=tmp_path)
+
+
+def test_cli_export_says_what_it_found_lint_and_metrics(adapter, tmp_path):
+    """No metrics is said at the console, not only written as 'Not evaluated' in the card."""
+    adapter = Path(shutil.copytree(adapter, tmp_path / "adapter"))  # the fixture stays whole
+    shutil.rmtree(adapter / "eval", ignore_errors=True)
+    out = tmp_path / "bundle"
+    result = croptune("export", "--adapter", str(adapter), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "vLLM lint" in result.stdout and "0 error(s), 0 warning(s)" in result.stdout
+    assert f"warning: no metrics ({adapter / 'eval' / 'metrics.json'} does not exist)" in (
+        result.stderr.replace("\n", "")
+    )
+    assert "Not evaluated" in (out / "README.md").read_text()

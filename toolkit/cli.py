@@ -592,8 +592,24 @@ def export(
         dataset_dir=dataset,
         detector_dir=detector,
     )
-    if problems:
-        typer.echo(verdict, err=True)
+    metrics_path = metrics or adapter / "eval" / "metrics.json"
+    found = (
+        f"metrics from {metrics_path} ({len(evaluations)} model(s))"
+        if evaluations
+        else f"no metrics ({metrics_path} does not exist): the model card says 'Not evaluated'; "
+        f"run `croptune evaluate --model {adapter} --dataset DIR` first, or pass --metrics"
+    )
+    _table(
+        f"croptune export ({bundle})",
+        [
+            ("vLLM lint", verdict.split(": ", 1)[1]),
+            ("metrics", found),
+            ("detector", str(detector) if detector else "none: clients bring their boxes"),
+            ("merged model", "merged/" if merge else "no (--merge writes one)"),
+        ],
+    )
+    if not evaluations:
+        typer.echo(f"warning: {found}", err=True)
     typer.echo(f"bundle written to {bundle}")
 
 
