@@ -680,7 +680,8 @@ def test_ingest_stores_good_items_and_records_problems(tmp_path: Path) -> None:
     with RunStore(tmp_path / "run") as store:
         summary = ingest_catalog(catalog, store)
 
-        assert (summary.stored, summary.unchanged, summary.dropped) == (2, 0, 1)
+        # Dropped: BAD (no usable image) and line 3, which never became an item (issue 14).
+        assert (summary.stored, summary.unchanged, summary.dropped) == (2, 0, 2)
         assert [str(p) for p in summary.problems] == [
             "line 3: not valid JSON: Expecting property name enclosed in double quotes at column 2",
             "item BAD: image 0 (img/missing.png): file not found",

@@ -123,7 +123,8 @@ def test_killed_server_loses_no_finished_answer_and_asks_none_twice(qwen_server,
             break
         time.sleep(0.2)
     qwen_server.kill()  # mid-run, no clean-up
-    _, stderr = first.communicate(timeout=300)
+    stdout, stderr = first.communicate(timeout=300)
+    assert "teacher qwen stopped" in stdout  # the summary's counters say it too
     # One message naming the URL, and the exit code says the teacher was stopped.
     assert first.returncode == 1, stderr
     assert f"teacher 'qwen' stopped: nothing answers at {qwen_server.base_url} any more" in stderr

@@ -117,6 +117,7 @@ class Catalog:
     root: Path
     items: list[CatalogItem]
     problems: list[Problem] = field(default_factory=list)
+    refused: int = 0  # records left out while loading: invalid, duplicate id, escaping path
 
     def resolve(self, item: CatalogItem, reference: str) -> str:
         """An absolute path (or the URL) for one of an item's image references."""
@@ -141,6 +142,7 @@ def load_catalog(path: Path | str, allow_outside: bool = False) -> Catalog:
     for where, record in _records(path):
         item = _validate_record(where, record, catalog.problems)
         if item is None:
+            catalog.refused += 1
             continue
         if item.item_id in seen:
             catalog.problems.append(
@@ -148,9 +150,11 @@ def load_catalog(path: Path | str, allow_outside: bool = False) -> Catalog:
                     f"item {item.item_id}", f"duplicate item_id ({where}); this copy is skipped"
                 )
             )
+            catalog.refused += 1
             continue
         seen.add(item.item_id)
         if not _check_item(item, root, allow_outside, catalog.problems):
+            catalog.refused += 1
             continue
         catalog.items.append(item)
     return catalog
@@ -433,7 +437,8 @@ def ingest_catalog(
     """Copy a catalog's items into the run store, decoding each new or changed item once."""
     from toolkit.progress import track
 
-    summary = IngestSummary(problems=list(catalog.problems))
+    # Records the catalog refused count as dropped too: the summary covers every line read.
+    summary = IngestSummary(dropped=catalog.refused, problems=list(catalog.problems))
     for problem in catalog.problems:
         # A catalog problem is met again on every re-run; record it once.
         store.log_event("ingest", str(problem), item_id=_problem_item(problem), once=True)

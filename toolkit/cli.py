@@ -222,6 +222,10 @@ def _label_rows(result: Any) -> list[tuple[str, str]]:
         ("requests sent", str(result.asked)),
         ("answered from the store (cache)", str(result.cached)),
         ("failed (asked again on the next run)", str(result.failed)),
+        *[
+            (f"teacher {name} stopped", "its remaining requests were not sent")
+            for name in result.stopped
+        ],
         ("labels stored", str(result.labels)),
         ("boxes stored", str(result.boxes)),
     ]
