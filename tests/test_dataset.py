@@ -72,13 +72,19 @@ def _croptune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)  # fmt: skip
 
 
-def test_stock_photo_on_every_listing_trains_and_says_how_many_were_grouped(tmp_path):
-    catalog = _stock_photo_catalog(tmp_path / "catalog", 12, pairs=False)
+def _labeled_run(tmp_path: Path, n: int, pairs: bool) -> Path:
+    """A stock-photo catalog labeled by the reference teacher, as `croptune label` does it."""
+    catalog = _stock_photo_catalog(tmp_path / "catalog", n, pairs=pairs)
     config = REPO / "examples" / "configs" / "label-reference.yaml"
     run = tmp_path / "run"
     labeled = _croptune("label", str(catalog), "--config", str(config), "--run", str(run),
                         cwd=tmp_path)  # fmt: skip
     assert labeled.returncode == 0, labeled.stderr
+    return run
+
+
+def test_stock_photo_on_every_listing_trains_and_says_how_many_were_grouped(tmp_path):
+    run = _labeled_run(tmp_path, 12, pairs=False)
     built = _croptune("dataset", "build", "--run", str(run), "--out", str(tmp_path / "ds"),
                       cwd=tmp_path)  # fmt: skip
     assert built.returncode == 0, built.stderr
@@ -89,12 +95,7 @@ def test_stock_photo_on_every_listing_trains_and_says_how_many_were_grouped(tmp_
 
 
 def test_a_split_that_leaves_train_empty_fails_with_the_reason_and_writes_nothing(tmp_path):
-    catalog = _stock_photo_catalog(tmp_path / "catalog", 10, pairs=True)
-    config = REPO / "examples" / "configs" / "label-reference.yaml"
-    run = tmp_path / "run"
-    labeled = _croptune("label", str(catalog), "--config", str(config), "--run", str(run),
-                        cwd=tmp_path)  # fmt: skip
-    assert labeled.returncode == 0, labeled.stderr
+    run = _labeled_run(tmp_path, 10, pairs=True)
     out = tmp_path / "ds"
     built = _croptune("dataset", "build", "--run", str(run), "--out", str(out),
                       "test_ratio=0.6", "validation_ratio=0.3", cwd=tmp_path)  # fmt: skip
