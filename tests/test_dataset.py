@@ -89,6 +89,10 @@ def test_stock_photo_on_every_listing_trains_and_says_how_many_were_grouped(tmp_
                       cwd=tmp_path)  # fmt: skip
     assert built.returncode == 0, built.stderr
     assert "items sharing photos" in built.stdout and "12 in 1 group(s)" in built.stdout
+    # Readable figures, and the per-image token count it assumed, not a raw dict.
+    cells = " ".join(built.stdout.replace("│", " ").split())  # the table's wrapped cells
+    assert "{'median'" not in cells
+    assert "images per example median" in cells and "assuming image_tokens=256" in cells
     stats = json.loads((tmp_path / "ds" / "croptune_dataset.json").read_text())["stats"]
     assert stats["examples"] == {"train": 12, "validation": 0, "test": 0}
     assert stats["shared_photos"]["items"] == 12 and stats["shared_photos"]["largest"] == 12

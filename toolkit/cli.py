@@ -397,9 +397,22 @@ def dataset_build(
                 "kept in one split",
             )
         )
+    images, tokens = stats["images_per_example"], stats["image_tokens_per_example"]
     rows += [
-        ("images per example", str(stats["images_per_example"])),
-        ("image tokens per example", str(stats["image_tokens_per_example"])),
+        (
+            "images per example",
+            f"median {images['median']}, mean {images['mean']}, max {images['max']}",
+        ),
+        (
+            "image tokens per example",
+            f"median {tokens['median']}, max {tokens['max']} (assuming image_tokens="
+            f"{dataset_config.image_tokens} per image"
+            + (
+                ", Gemma 3's; for the tiny students pass image_tokens=16)"
+                if dataset_config.image_tokens == 256
+                else ")"
+            ),
+        ),
     ]
     _table(f"croptune dataset build ({out})", rows)
 
