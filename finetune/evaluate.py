@@ -99,7 +99,7 @@ def parse_answer(text: str) -> tuple[Any, bool]:
     toolkit.answers.extract_json does the parsing; a repaired (truncated) answer counts as
     invalid and is kept only when it is an object; an unusable one is (None, False).
     """
-    value, valid = parse_answer_or_reason(text)[:2]
+    value, valid, _ = parse_answer_or_reason(text)
     return value, valid
 
 

@@ -23,6 +23,9 @@ _PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
 REPEAT_MAX_PERIOD = 32
 REPEAT_MIN_TIMES = 6
 REPEAT_MIN_SPAN = 96
+# The tail that decides: a row is a runaway exactly when its last REPEAT_WINDOW tokens are one
+# (every period up to REPEAT_MAX_PERIOD fits REPEAT_MIN_TIMES times in it, over >= the span).
+REPEAT_WINDOW = max(REPEAT_MIN_SPAN, REPEAT_MIN_TIMES * REPEAT_MAX_PERIOD)
 
 
 def runaway_repetition(tokens: Sequence[int]) -> tuple[int, int] | None:
@@ -50,8 +53,9 @@ class _RepetitionStop:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        new = input_ids[:, self.prompt_length :].tolist()
-        done = [runaway_repetition(row) is not None for row in new]
+        # Only the deciding tail is copied and scanned: bounded work per step, however long.
+        start = max(self.prompt_length, input_ids.shape[1] - REPEAT_WINDOW)
+        done = [runaway_repetition(row) is not None for row in input_ids[:, start:].tolist()]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

@@ -118,3 +118,22 @@ def test_a_random_student_is_stopped_when_it_loops():
     assert answer.stopped is not None and answer.stopped.startswith("runaway repetition"), answer
     tokens = int(answer.stopped.rsplit("after ", 1)[1].split()[0])
     assert REPEAT_MIN_SPAN <= tokens < 600  # stopped early, not at the limit
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [1, 2, 3, 4] * 50,  # a 4-token loop
+        [9] * 300,  # one token
+        list(range(100)) + [5, 6] * 48,  # a loop after a normal start
+        [1, 2, 3] * 40 + [4, 5],  # recovered
+        list(range(400)),  # varied
+        [1] * 95,  # one short of the span
+    ],
+)
+def test_the_stopping_tail_decides_as_the_whole_row_does(tokens):
+    """_RepetitionStop scans only the last REPEAT_WINDOW tokens; the verdict is the same."""
+    from finetune.infer import REPEAT_WINDOW
+
+    whole = runaway_repetition(tokens) is not None
+    assert (runaway_repetition(tokens[-REPEAT_WINDOW:]) is not None) == whole
