@@ -90,7 +90,13 @@ def setup_bundle(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, 
     if not args.detector:
         clock = time.perf_counter()
         config = DetectorConfig(
-            epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=0, holdout=0.0, device="cpu"
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=16,
+            workers=0,
+            validation_ratio=0.0,
+            test_ratio=0.0,
+            device="cpu",
         )
         train_detector(work / "run", detector, config, verbose=False)
         seconds["train detector"] = time.perf_counter() - clock

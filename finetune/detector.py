@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from PIL import Image
@@ -29,10 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.boxes import Box
 from toolkit.catalog import load_ingested_image
-from toolkit.config import dump_yaml
+from toolkit.config import ConfigPath, config_data, dump_yaml
 from toolkit.crops import FUSED_SOURCE
+from toolkit.dataset import SPLIT_KEYS, DatasetConfig
 from toolkit.errors import CroptuneError
-from toolkit.export import MANIFEST, box_class, export_labels_yolo
+from toolkit.export import YOLO_SPLITS, ExportedPhoto, box_class, export_labels_yolo
 from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError
 from toolkit.store import RunStore
@@ -47,6 +47,9 @@ CONFIG_FILE = "detector.yaml"
 METRICS_FILE = "metrics.json"
 MATCH_IOU = 0.5  # a proposal counts as found when it overlaps a teacher box this much
 MAP_CONF = 0.001  # mAP ranks every proposal, so it is measured below the serving threshold
+HELD_OUT = ("validation", "test")  # the splits that measure the detector (never trained on)
+FIT_FILE = "fit.yaml"  # the data file ultralytics trains with (its val: the held-out photos)
+_SPLIT_DEFAULTS = {k: DatasetConfig.model_fields[k].default for k in SPLIT_KEYS}
 PREDICT_CHUNK = 16  # images per forward pass when predicting
 
 
@@ -55,7 +58,7 @@ class DetectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(
+    model: Annotated[str, ConfigPath(suffixes=(".pt",))] = Field(
         "yolo11n.yaml",
         description="ultralytics model: an architecture YAML (yolo11n.yaml, yolo11s.yaml, ...: "
         "random init, nothing downloaded) or the path of pretrained .pt weights you downloaded "
@@ -70,14 +73,26 @@ class DetectorConfig(BaseModel):
         "print but costs time quadratically; the same size is used at inference.",
     )
     batch: int = Field(16, ge=1, description="Images per training step.")
-    holdout: float = Field(
-        0.2,
+    validation_ratio: float = Field(
+        _SPLIT_DEFAULTS["validation_ratio"],
         ge=0,
         lt=1,
-        description="Fraction of ITEMS held out to measure the detector (all photos of a "
-        "held-out item stay out of training). 0 trains on everything and measures nothing.",
+        description="Share of ITEMS in validation, as in `dataset build` (the same split "
+        "authority: give the dataset's values so that no item the student is validated or "
+        "tested on trains the detector). Validation and test items are held out of training "
+        "and measure the detector.",
     )
-    seed: int = Field(0, description="Seed of the held-out split and of training.")
+    test_ratio: float = Field(
+        _SPLIT_DEFAULTS["test_ratio"],
+        ge=0,
+        lt=1,
+        description="Share of ITEMS in test, as in `dataset build`. Both ratios 0 train on "
+        "everything and measure nothing.",
+    )
+    seed: int = Field(
+        _SPLIT_DEFAULTS["seed"],
+        description="Seed of the item split (as `dataset build`'s seed) and of training.",
+    )
     device: str = Field(
         "auto",
         description="'auto' (first GPU if any, else CPU), 'cpu', or GPU ids as ultralytics takes "
@@ -100,8 +115,8 @@ class DetectorConfig(BaseModel):
         0.25,
         gt=0,
         lt=1,
-        description="Confidence a proposal needs at inference (and for the held-out "
-        "precision/recall); stored in detector.yaml for `predict`.",
+        description="Confidence a proposal needs at inference; stored in detector.yaml, "
+        "where `predict` reads it, and the threshold of the held-out precision/recall.",
     )
     iou: float = Field(
         0.7,
@@ -129,18 +144,22 @@ class Detector:
 
 @dataclass
 class DetectorSummary:
-    """What `detector train` did, with the held-out metrics."""
+    """What `detector train` did, with the held-out metrics of the weights it kept."""
 
     out_dir: Path
     box_source: str = ""
     classes: list[str] = field(default_factory=list)
     train_items: list[str] = field(default_factory=list)
-    held_out_items: list[str] = field(default_factory=list)
-    images: dict[str, int] = field(default_factory=dict)
-    boxes: dict[str, int] = field(default_factory=dict)
+    held_out_items: list[str] = field(default_factory=list)  # validation + test items
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)  # items/images/boxes
+    images: dict[str, int] = field(default_factory=dict)  # train / held_out
+    boxes: dict[str, int] = field(default_factory=dict)  # train / held_out
+    shared_photos: int = 0  # photos several items show, exported once with all their boxes
+    merged_boxes: int = 0  # identical boxes of such photos kept once
     epochs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float | int | None] = field(default_factory=dict)
+    measured: dict[str, Any] = field(default_factory=dict)  # weights file, conf, photos
     weights: Path | None = None
     onnx: Path | None = None
     config_file: Path | None = None
@@ -240,26 +259,6 @@ def _device(device: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- pure pieces
-
-
-def split_items(item_ids: Sequence[str], holdout: float, seed: int) -> tuple[list[str], list[str]]:
-    """(train, held-out) item ids: a seeded shuffle, at least one item on each side.
-
-    Depends only on the set of ids, the fraction and the seed (not on catalog order).
-    """
-    ids = sorted(set(item_ids))
-    if holdout <= 0:
-        return ids, []
-    if len(ids) < 2:
-        raise CroptuneError(
-            f"a held-out split needs at least 2 items with usable photos, the run has "
-            f"{len(ids)}; label more items or set holdout=0"
-        )
-    shuffled = list(ids)
-    random.Random(seed).shuffle(shuffled)
-    n_held = min(len(ids) - 1, max(1, round(holdout * len(ids))))
-    held = set(shuffled[:n_held])
-    return [i for i in ids if i not in held], [i for i in ids if i in held]
 
 
 def boxes_from_arrays(
@@ -416,7 +415,11 @@ def box_selector(store: RunStore, config: DetectorConfig) -> tuple[BoxSelector, 
 def train_detector(
     run_dir: Path, out_dir: Path, config: DetectorConfig, verbose: bool = True
 ) -> DetectorSummary:
-    """Train the region-proposal detector on a run's boxes; write weights, yaml and metrics."""
+    """Train the region-proposal detector on a run's boxes; write weights, yaml and metrics.
+
+    Items are split as `dataset build` splits them (validation_ratio, test_ratio, seed): the
+    detector trains on train items only; validation and test items measure it.
+    """
     out_dir = Path(out_dir)
     model_source = _model_source(config.model)
     if config.export_onnx:
@@ -425,87 +428,83 @@ def train_detector(
     started = time.perf_counter()
     with RunStore(run_dir, create=False) as store:
         select, summary.box_source = box_selector(store, config)
-        export = export_labels_yolo(store, out_dir / "dataset", select=select)
-        summary.skipped = export.skipped
-        summary.classes = export.classes
-        manifest = json.loads((out_dir / "dataset" / MANIFEST).read_text(encoding="utf-8"))
-        images = manifest["images"]
-        train_ids, held_ids = split_items(
-            [i["item_id"] for i in images], config.holdout, config.seed
+        export = export_labels_yolo(
+            store,
+            out_dir / "dataset",
+            select=select,
+            **{key: getattr(config, key) for key in SPLIT_KEYS},
         )
-        summary.train_items, summary.held_out_items = train_ids, held_ids
-        data_yaml = _write_split(out_dir / "dataset", images, set(held_ids), export.classes)
-        held = set(held_ids)
-        summary.images = {
-            "train": sum(1 for i in images if i["item_id"] not in held),
-            "held_out": sum(1 for i in images if i["item_id"] in held),
-        }
-        summary.boxes = {
-            "train": sum(i["boxes"] for i in images if i["item_id"] not in held),
-            "held_out": sum(i["boxes"] for i in images if i["item_id"] in held),
-        }
-        if summary.boxes["train"] == 0:
-            raise CroptuneError(
-                f"the {len(train_ids)} training items of run {run_dir} have no "
-                f"{summary.box_source} boxes on usable photos; nothing to learn"
-            )
-        summary.seconds["dataset"] = time.perf_counter() - started
+    summary.skipped = export.skipped
+    summary.classes = export.classes
+    summary.shared_photos, summary.merged_boxes = export.shared_photos, export.merged_boxes
+    summary.splits = export.split_counts()
+    exported = {item_id for photo in export.photos for item_id, _ in photo.owners}
+    summary.train_items = sorted(i for i in exported if export.item_splits[i] == "train")
+    summary.held_out_items = sorted(i for i in exported if export.item_splits[i] in HELD_OUT)
+    train = [p for p in export.photos if p.split == "train"]
+    held = [p for p in export.photos if p.split in HELD_OUT]
+    summary.images = {"train": len(train), "held_out": len(held)}
+    summary.boxes = {
+        "train": sum(len(p.boxes) for p in train),
+        "held_out": sum(len(p.boxes) for p in held),
+    }
+    if summary.boxes["train"] == 0:
+        raise CroptuneError(
+            f"the {len(summary.train_items)} training items of run {run_dir} have no "
+            f"{summary.box_source} boxes on usable photos; nothing to learn"
+        )
+    data_yaml = _write_fit_yaml(out_dir / "dataset", export.classes)
+    summary.seconds["dataset"] = time.perf_counter() - started
 
-        for stale in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, ONNX_FILE):
-            # An earlier detector must not be left beside (or mistaken for) the new one.
-            (out_dir / stale).unlink(missing_ok=True)
-        clock = time.perf_counter()
-        weights = _fit(model_source, data_yaml, out_dir, config, verbose)
-        summary.seconds["train"] = time.perf_counter() - clock
-        summary.weights = weights
+    for stale in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, ONNX_FILE):
+        # An earlier detector must not be left beside (or mistaken for) the new one.
+        (out_dir / stale).unlink(missing_ok=True)
+    clock = time.perf_counter()
+    summary.weights = _fit(model_source, data_yaml, out_dir, config, verbose)
+    summary.seconds["train"] = time.perf_counter() - clock
 
-        detector = _trained_detector(weights, config, summary.classes)
-        clock = time.perf_counter()
-        summary.metrics = evaluate_detector(detector, store, images, held, select)
-        summary.seconds["evaluate"] = time.perf_counter() - clock
+    # Measured as served: the kept file and detector.yaml, loaded by predict's own loader.
+    _write_outputs(summary, config, run_dir)  # detector.yaml: what load_detector reads
+    detector = load_detector(out_dir, device=_device(config.device))
+    clock = time.perf_counter()
+    summary.metrics = evaluate_detector(detector, held)
+    summary.measured = {
+        "weights": WEIGHTS_FILE,
+        "conf": detector.conf,
+        "iou_match": MATCH_IOU,
+        "map_conf": MAP_CONF,
+        "splits": [s for s in HELD_OUT if s in summary.splits],
+        "photos": summary.metrics["images"],
+    }
+    summary.seconds["evaluate"] = time.perf_counter() - clock
 
     if config.export_onnx:
         clock = time.perf_counter()
-        summary.onnx = _export_onnx(weights, config)
+        summary.onnx = _export_onnx(summary.weights, config)
         summary.seconds["onnx"] = time.perf_counter() - clock
     summary.seconds["total"] = time.perf_counter() - started
     _write_outputs(summary, config, run_dir)
     return summary
 
 
-def _trained_detector(weights: Path, config: DetectorConfig, classes: list[str]) -> Detector:
-    """The just-trained weights with the settings of this training run."""
-    prepare_ultralytics()
-    from ultralytics import YOLO
+def _write_fit_yaml(dataset_dir: Path, classes: list[str]) -> Path:
+    """The data file ultralytics trains with: train = the train split, val = the held-out.
 
-    return Detector(
-        model=YOLO(str(weights), task="detect"),
-        imgsz=config.imgsz,
-        conf=config.conf,
-        iou=config.iou,
-        classes=list(classes),
-        device=_device(config.device),
-    )
-
-
-def _write_split(
-    dataset_dir: Path, images: list[dict[str, Any]], held: set[str], classes: list[str]
-) -> Path:
-    """Write train.txt / val.txt (by item) and a data.yaml pointing ultralytics at them."""
-    train = [f"./{i['file']}" for i in images if i["item_id"] not in held]
-    val = [f"./{i['file']}" for i in images if i["item_id"] in held] or train
-    (dataset_dir / "train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
-    (dataset_dir / "val.txt").write_text("\n".join(val) + "\n", encoding="utf-8")
+    ultralytics requires a val key and validates on it once at the end (numbers croptune
+    does not report); with nothing held out that is the train split.
+    """
+    present = {path.name for path in (dataset_dir / "images").iterdir() if path.is_dir()}
+    held = [f"images/{YOLO_SPLITS[s]}" for s in HELD_OUT if YOLO_SPLITS[s] in present]
     data = {
         "path": str(dataset_dir.resolve()),
-        "train": "train.txt",
-        "val": "val.txt",
+        "train": f"images/{YOLO_SPLITS['train']}",
+        "val": held or f"images/{YOLO_SPLITS['train']}",
         "nc": len(classes),
         "names": list(classes),
     }
-    data_yaml = dataset_dir / "data.yaml"
-    data_yaml.write_text(dump_yaml(data), "utf-8")
-    return data_yaml
+    fit_yaml = dataset_dir / FIT_FILE
+    fit_yaml.write_text(dump_yaml(data), "utf-8")
+    return fit_yaml
 
 
 def _fit(
@@ -519,6 +518,10 @@ def _fit(
         model = YOLO(model_source, task="detect")
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise CroptuneError(f"cannot build detector model {config.model!r}: {exc}") from exc
+    from toolkit.progress import ultralytics_callbacks  # --verbose: ultralytics' own output
+
+    for event, callback in ultralytics_callbacks("detector train", not verbose).items():
+        model.add_callback(event, callback)
     # Absolute: ultralytics puts a relative project under its own runs_dir setting.
     train_dir = out_dir.resolve() / "train"
     model.train(
@@ -550,45 +553,28 @@ def _fit(
 
 
 def evaluate_detector(
-    detector: Detector,
-    store: RunStore,
-    images: list[dict[str, Any]],
-    held: set[str],
-    select: BoxSelector,
+    detector: Detector, photos: Sequence[ExportedPhoto]
 ) -> dict[str, float | int | None]:
-    """Precision/recall (at the detector's conf, IoU 0.5) and mAP50 on the held-out photos.
+    """Precision/recall (at the detector's conf, IoU 0.5) and mAP50/mAP50-95 on photos.
 
-    Measured with supervision's metrics against the held-out teacher boxes, on photos loaded
-    exactly as `predict` loads them. Precision is 0 when nothing is proposed; recall and
-    mAP are None when the held-out photos have no teacher boxes. Also counts the held-out
-    images, teacher boxes and served proposals.
+    The photos (the held-out ones) are loaded exactly as `predict` loads them and their
+    targets are the exported boxes (all items' boxes of a photo). Precision and recall come
+    from `predict_boxes` at the detector's own conf and iou, the call `predict` makes; mAP
+    from the same weights' proposals down to conf 0.001 (mAP ranks every proposal). All
+    with supervision's metrics. Precision is 0 when nothing is proposed; recall and mAP
+    are None when the photos have no boxes. Also counts photos, boxes and proposals.
     """
     from supervision.metrics import AveragingMethod, MeanAveragePrecision, Precision, Recall
 
     class_ids = {name: i for i, name in enumerate(detector.classes)}
-    rows = {}
-    for item_id in sorted(held):
-        for row in store.images(item_id):
-            rows[(item_id, row.index)] = row
-    predictions, served, targets = [], [], []
-    for entry in images:
-        if entry["item_id"] not in held:
+    ranked, served, targets = [], [], []
+    for photo in photos:
+        image = _load_photo(photo)
+        if image is None:
             continue
-        row = rows.get((entry["item_id"], entry["image"]))
-        if row is None:
-            continue
-        try:
-            image = load_ingested_image(row)
-        except ImageLoadError as exc:
-            logger.warning("held-out item %s image %s: %s", row.item_id, row.index, exc)
-            continue
-        truth = [b for _, b in store.boxes(row.item_id) if b.image == row.index]
-        targets.append(_detections(select(truth), class_ids))
-        proposed = predict_boxes(detector, [image], conf=MAP_CONF)[0]
-        predictions.append(_detections(proposed, class_ids))
-        served.append(
-            _detections([b for b in proposed if (b.score or 0) >= detector.conf], class_ids)
-        )
+        targets.append(_detections(photo.boxes, class_ids))
+        served.append(_detections(predict_boxes(detector, [image])[0], class_ids))
+        ranked.append(_detections(predict_boxes(detector, [image], conf=MAP_CONF)[0], class_ids))
     n_targets = sum(len(t) for t in targets)
     metrics: dict[str, float | int | None] = {
         "precision": None,
@@ -608,11 +594,21 @@ def evaluate_detector(
         return metrics
     recall = Recall(averaging_method=micro).update(served, targets).compute()
     metrics["recall"] = float(recall.recall_at_50)
-    result = MeanAveragePrecision().update(predictions, targets).compute()
+    result = MeanAveragePrecision().update(ranked, targets).compute()
     # supervision's -1 means "nothing proposed": with boxes to find, that is an AP of 0.
     metrics["map50"] = max(0.0, float(result.map50))
     metrics["map50_95"] = max(0.0, float(result.map50_95))
     return metrics
+
+
+def _load_photo(photo: ExportedPhoto) -> Image.Image | None:
+    """The photo as `predict` loads it, from the first item whose file still holds it."""
+    for (item_id, index), row in zip(photo.owners, photo.rows, strict=True):
+        try:
+            return load_ingested_image(row)
+        except ImageLoadError as exc:
+            logger.warning("held-out item %s image %s: %s", item_id, index, exc)
+    return None
 
 
 def _detections(boxes: list[Box], class_ids: dict[str, int]) -> Any:
@@ -648,18 +644,28 @@ def _export_onnx(weights: Path, config: DetectorConfig) -> Path:
 def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Path) -> None:
     """detector.yaml (resolved config, classes, imgsz, split, metrics) and metrics.json."""
     out_dir = summary.out_dir
+    measured = summary.measured
     metrics = {
         "metrics": summary.metrics,
-        "measured_by": f"supervision metrics on held-out items: precision/recall at conf "
-        f">= {config.conf} and IoU {MATCH_IOU}; mAP over proposals with conf >= {MAP_CONF}",
+        "weights": measured.get("weights"),
+        "conf": measured.get("conf"),
+        "measured_by": (
+            f"supervision metrics of {measured['weights']} (loaded as predict loads it) on "
+            f"the {measured['photos']} photos of the {'+'.join(measured['splits'])} items: "
+            f"precision/recall of predict's proposals (conf >= {measured['conf']}) at IoU "
+            f"{MATCH_IOU}; mAP over proposals with conf >= {MAP_CONF}"
+            if measured.get("splits")
+            else "nothing: no item is held out (validation_ratio and test_ratio give none)"
+        ),
+        "split": {key: getattr(config, key) for key in SPLIT_KEYS},
         "items": {"train": len(summary.train_items), "held_out": len(summary.held_out_items)},
+        "splits": summary.splits,
         "images": summary.images,
         "boxes": summary.boxes,
+        "shared_photos": summary.shared_photos,
+        "merged_boxes": summary.merged_boxes,
         "seconds": {k: round(v, 2) for k, v in summary.seconds.items()},
     }
-    summary.metrics_file = out_dir / METRICS_FILE
-    with atomic_write(summary.metrics_file) as handle:
-        handle.write(json.dumps(metrics, indent=2) + "\n")
     settings = {
         "weights": WEIGHTS_FILE,
         "onnx": ONNX_FILE if summary.onnx else None,
@@ -668,9 +674,9 @@ def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Pa
         "box_convention": "pixels of the image after EXIF orientation (xyxy)",
         "run": str(Path(run_dir).resolve()),
         "box_source": summary.box_source,
-        "config": config.model_dump(mode="json"),
+        "config": config_data(config),  # saved configs hold absolute paths
         "split": {
-            "seed": config.seed,
+            **{key: getattr(config, key) for key in SPLIT_KEYS},
             "train": summary.train_items,
             "held_out": summary.held_out_items,
         },
@@ -679,3 +685,7 @@ def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Pa
     summary.config_file = out_dir / CONFIG_FILE
     with atomic_write(summary.config_file) as handle:
         handle.write(dump_yaml(settings))
+    if summary.measured:
+        summary.metrics_file = out_dir / METRICS_FILE
+        with atomic_write(summary.metrics_file) as handle:
+            handle.write(json.dumps(metrics, indent=2) + "\n")

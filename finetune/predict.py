@@ -35,8 +35,9 @@ from toolkit.dataset import DatasetConfig, example_row, item_example
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError
+from toolkit.messages import cause_of
 from toolkit.schema import AttributeSchema, extraction_prompt
-from toolkit.store import ItemRow, RunStore
+from toolkit.store import PREDICT_STAGE, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,8 @@ class PredictSummary:
     failed: int = 0
     resumed: int = 0  # predictions of an earlier run, not asked again
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # Warnings and notes of the written records by cause -> item ids (for the console).
+    warnings: dict[str, list[str]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     stats_file: Path | None = None
 
@@ -407,6 +410,14 @@ class Predictor:
         clock = time.perf_counter()
         boxes = self._boxes(item, images, {r.index: r.sha256 or "" for r in rows})
         seconds["boxes"] = time.perf_counter() - clock
+        # What the box source clipped or dropped (in the store's events) belongs in the record.
+        warnings += sorted(
+            {
+                f"boxes: {event['message']}"
+                for event in self.store.warnings(item.item_id, stage=PREDICT_STAGE)
+                if event.get("teacher") == self.box_source.name
+            }
+        )
 
         clock = time.perf_counter()
         if self.crop_hash is not None:
@@ -493,6 +504,7 @@ class Predictor:
         attributes, notes = self.bundle.schema.clean(value)
         if answer.stopped:
             notes = [f"generation stopped: {answer.stopped}", *notes]
+            record["stopped"] = answer.stopped
         record["attributes"] = attributes
         record["json_valid"] = valid
         if notes:
@@ -526,6 +538,7 @@ def predict_catalog(
     batch_size: int = 4,
     limit: int | None = None,
     allow_outside: bool = False,
+    columns: dict[str, str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -534,7 +547,8 @@ def predict_catalog(
 
     A failing item gets an error record ({"item_id", "error", "stage"}) and the rest go on.
     The work folder (default: beside `out`) is a run store: a re-run skips finished items.
-    on_record is called with each new record once it is stored.
+    on_record is called with each new record once it is stored. columns: croptune field ->
+    the catalog's own column name (as `catalog validate --column`).
     """
     from toolkit.catalog import ingest_catalog, load_catalog
 
@@ -543,7 +557,7 @@ def predict_catalog(
     box_source = box_source or NoBoxes()
     summary = PredictSummary(out=out, workdir=workdir)
     started = time.perf_counter()
-    catalog = load_catalog(catalog_path, allow_outside=allow_outside)
+    catalog = load_catalog(catalog_path, allow_outside=allow_outside, columns=columns)
     seconds: dict[str, float] = dict.fromkeys(("ingest", "load", *STAGES), 0.0)
     per_item: list[dict[str, Any]] = []
     with RunStore(workdir) as store:
@@ -576,6 +590,12 @@ def predict_catalog(
             logger.info(
                 "%d item(s) already predicted in %s: not asked again", summary.resumed, workdir
             )
+        # This run's lines as the store's outcomes (None: not done yet), for `croptune report`.
+        store.set_outcomes(
+            PREDICT_STAGE,
+            [(item.item_id, records.get(item.item_id)) for item in scope]
+            + [(record["item_id"], record) for record in problems],
+        )
 
         loop_seconds = 0.0
         if todo:
@@ -602,6 +622,9 @@ def predict_catalog(
     summary.failures = [r for r in ordered if "error" in r]
     summary.failed = len(summary.failures)
     summary.predicted = summary.items - summary.failed
+    for record in ordered:  # the console's summary: no warning lives only in the files
+        for note in record.get("warnings", []) + record.get("notes", []):
+            summary.warnings.setdefault(cause_of(None, note), []).append(record["item_id"])
     summary.stats = _stats(summary, bundle, backend, predictor, seconds, per_item, loop_seconds)
     summary.stats["wall_seconds"] = round(time.perf_counter() - started, 3)
     summary.stats_file = workdir / STATS_FILE
@@ -632,7 +655,8 @@ def _run_items(
                 try:
                     ready.append(predictor.prepare_item(item))
                 except _Failed as failure:
-                    _emit(predictor.fail(item.item_id, failure), records, on_record, bar)
+                    failed = predictor.fail(item.item_id, failure)
+                    _emit(predictor.store, failed, records, on_record, bar)
             if not ready:
                 continue
             clock = time.perf_counter()
@@ -665,21 +689,21 @@ def _run_items(
                     {"images": prepared.record["images"], "boxes": len(prepared.record["boxes"]),
                      "seconds": prepared.seconds}
                 )  # fmt: skip
-                _emit(record, records, on_record, bar)
+                _emit(predictor.store, record, records, on_record, bar)
 
 
 def _emit(
+    store: RunStore,
     record: dict[str, Any],
     records: dict[str, dict[str, Any]],
     on_record: Callable[[dict[str, Any]], None] | None,
     bar: Any,
 ) -> None:
     records[record["item_id"]] = record
+    store.update_outcome(PREDICT_STAGE, record["item_id"], record)
     bar.advance()
-    if "error" in record:
-        logger.warning(
-            "item %s: %s failed: %s", record["item_id"], record["stage"], record["error"]
-        )
+    if "error" in record:  # (the CLI prints failures grouped by cause at the end)
+        logger.debug("item %s: %s failed: %s", record["item_id"], record["stage"], record["error"])
     if on_record is not None:
         on_record(record)
 
@@ -775,7 +799,7 @@ def _log_stats(summary: PredictSummary) -> None:
         for stage, d in stats["seconds_per_item"].items()
         if d is not None
     )
-    logger.info(
+    logger.debug(
         "predict: %d item(s), %d predicted, %d failed, %d resumed; %s items/s; per item: %s",
         summary.items,
         summary.predicted,

@@ -271,6 +271,8 @@ def _build_once(target: Path, build: Callable[[Path, int], Path]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         if not (target / _COMPLETE_MARKER).is_file():
             raise
+        return target
+    logger.info("built %s (once: later runs reuse it)", target)
     return target
 
 
@@ -482,7 +484,7 @@ def build_tiny_gemma3(out_dir: Path, seed: int = 0) -> Path:
     model = _tiny_gemma3_model(processor.tokenizer, seed)
     save_model_folder(model, out_dir)
     processor.save_pretrained(out_dir)
-    logger.info("built tiny Gemma 3 student in %s", out_dir)
+    logger.debug("built tiny Gemma 3 student in %s", out_dir)
     return out_dir
 
 
@@ -518,7 +520,7 @@ def build_tiny_scratch_gemma3(out_dir: Path, seed: int = 0) -> Path:
     model = _tiny_gemma3_model(processor.tokenizer, seed, _SCRATCH_SIZES)
     save_model_folder(model, out_dir)
     processor.save_pretrained(out_dir)
-    logger.info("built tiny-scratch Gemma 3 student in %s", out_dir)
+    logger.debug("built tiny-scratch Gemma 3 student in %s", out_dir)
     return out_dir
 
 
@@ -701,7 +703,7 @@ def build_tiny_qwen25vl(out_dir: Path, seed: int = 0) -> Path:
     )
     save_model_folder(model, out_dir)
     processor.save_pretrained(out_dir)
-    logger.info("built tiny Qwen2.5-VL student in %s", out_dir)
+    logger.debug("built tiny Qwen2.5-VL student in %s", out_dir)
     return out_dir
 
 

@@ -8,20 +8,18 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from finetune.students import LORA_TARGETS, lora_targets
-from toolkit.config import dump_yaml
+from toolkit.config import ConfigPath, dump_config, load_stage_config
 from toolkit.dataset import dataset_features, example_row  # noqa: F401 - one row shape, re-exported
 from toolkit.errors import CroptuneError
 
@@ -45,8 +43,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     student: str = Field("tiny", description="Student preset name (see finetune/presets)")
-    model: str | None = Field(
-        None, description="Base model hub id or local path; overrides the preset's model"
+    model: Annotated[str | None, ConfigPath()] = Field(
+        None,
+        description="Base model hub id or local model folder (relative to the config file); "
+        "overrides the preset's model",
     )
     dataset: Path = Field(description="Folder written by `croptune dataset build` (save_to_disk)")
     output_dir: Path = Field(description="Run folder; the adapter goes to OUTPUT_DIR/adapter")
@@ -197,62 +197,14 @@ def _maybe_number(value: Any) -> Any:
     return value
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise CroptuneError(f"override {text!r} is not of the form key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise CroptuneError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return key.strip().split("."), _maybe_number(value)
-
-
-def _check_keys(data: dict[str, Any], origin: str) -> None:
-    for key in data:
-        if key not in TrainConfig.model_fields:
-            raise CroptuneError(
-                f"unknown training config key {key!r} in {origin}; "
-                f"known keys: {', '.join(TrainConfig.model_fields)}"
-            )
-
-
 def load_train_config(path: Path | None, overrides: list[str]) -> TrainConfig:
-    """Read a training config from YAML, then apply `key=value` overrides (torchtune style)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CroptuneError(f"training config {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise CroptuneError(f"training config {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CroptuneError(f"training config {path} must be a mapping of key: value")
-        _check_keys(data, str(path))
-    for text in overrides:
-        keys, value = _parse_override(text)
-        _check_keys({keys[0]: None}, f"override {text!r}")
-        if len(keys) == 1:
-            data[keys[0]] = value
-        elif keys[0] == "sft_args" and len(keys) == 2:
-            data["sft_args"] = {**(data.get("sft_args") or {}), keys[1]: value}
-        else:
-            raise CroptuneError(f"override {text!r}: only sft_args.<name> may use a dotted key")
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise CroptuneError(f"training config is not valid: {problems}") from exc
+    """A training config from YAML and `key=value` overrides (torchtune style), validated."""
+    return load_stage_config(TrainConfig, path, overrides, stage="train")
 
 
 def save_train_config(config: TrainConfig, path: Path) -> None:
-    """Write a config as YAML that load_train_config reads back into an equal config."""
-    path.write_text(dump_yaml(config.model_dump(mode="json")), encoding="utf-8")
+    """Write a config (paths absolute) as YAML that load_train_config reads back."""
+    path.write_text(dump_config(config), encoding="utf-8")
 
 
 def _load_splits(dataset_dir: Path) -> Any:
@@ -305,7 +257,7 @@ def _use_bf16(config: TrainConfig, preset_dtype: str) -> bool:
     )
 
 
-def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool, progress: bool) -> Any:
+def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool) -> Any:
     import torch
     from trl import SFTConfig
 
@@ -332,7 +284,8 @@ def _sft_config(config: TrainConfig, bf16: bool, eval_enabled: bool, progress: b
         "bf16": bf16,
         # The new name; setting the deprecated gradient_checkpointing alias only adds a warning.
         "activation_checkpointing": config.gradient_checkpointing,
-        "disable_tqdm": not progress,
+        # Its tqdm bar would write each log dict a second time; TrainProgress is the display.
+        "disable_tqdm": True,
         # Pinning is a no-op on CPU and only adds a warning there.
         "dataloader_pin_memory": torch.cuda.is_available(),
         # Truncation could cut through an image's soft tokens and break the batch.
@@ -451,27 +404,64 @@ def _lora_config(config: TrainConfig, family: str) -> Any:
     )
 
 
-def _log_callback() -> Any:
+def _progress_callback(enabled: bool) -> Any:
+    """The training display: steps, loss and ETA as one bar, or one plain line per logged loss."""
     from transformers import TrainerCallback
 
-    class LogCallback(TrainerCallback):
-        """Send the Trainer's log dicts to `logging` instead of stdout."""
+    from toolkit.progress import ProgressBar
 
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
-        ) -> None:
-            if state.is_local_process_zero and logs:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
-                logger.info("step %d: %s", state.global_step, shown)
+    class TrainProgress(TrainerCallback):
+        """Feeds croptune's progress report from the Trainer (which shows none of its own)."""
+
+        def __init__(self) -> None:
+            self.bar: ProgressBar | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_local_process_zero:
+                self.bar = ProgressBar(
+                    "train",
+                    state.max_steps,
+                    enabled,
+                    unit="steps",
+                    completed=state.global_step,  # a resumed run starts where it stopped
+                    milestones=False,  # a line per logged loss instead (logging_steps)
+                ).__enter__()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if self.bar is not None:
+                self.bar.advance()
             # Log the final step too, so the last loss is the end of training, not the
             # last multiple of logging_steps.
             if state.global_step >= state.max_steps:
                 control.should_log = True
             return control
 
-    return LogCallback()
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if not state.is_local_process_zero or not logs:
+                return
+            logger.debug("step %d: %s", state.global_step, logs)
+            step = f"step {state.global_step}/{state.max_steps}"
+            if "eval_loss" in logs:
+                logger.info("%s: validation loss %.4f", step, logs["eval_loss"])
+            elif "loss" in logs and self.bar is not None:
+                lr = logs.get("learning_rate")
+                self.bar.advance(
+                    0, status=f"loss {logs['loss']:.4f}" + ("" if lr is None else f", lr {lr:.2e}")
+                )
+                self.bar.report()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.close_progress()
+
+        def close_progress(self) -> None:
+            """Take the bar down (also when training stopped with an error)."""
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+                self.bar = None
+
+    return TrainProgress()
 
 
 def _quantization(config: TrainConfig, bf16: bool) -> Any:
@@ -600,8 +590,8 @@ def build_trainer(
     from finetune.students import load_preset, resolve_student
 
     preset = load_preset(config.student)
+    splits = _load_splits(config.dataset)  # first: a wrong path must not build a student
     model_path = resolve_student(config.model or preset.model)
-    splits = _load_splits(config.dataset)
     eval_split = splits.get("validation")
     eval_enabled = config.eval_steps is not None and eval_split is not None and len(eval_split) > 0
     if config.eval_steps is not None and not eval_enabled:
@@ -613,7 +603,7 @@ def build_trainer(
     if tuning == "full" and config.qlora:
         raise CroptuneError("qlora trains LoRA on a 4-bit base; it cannot go with tuning=full")
     # Checked before loading the model, so a typo in sft_args fails in seconds, not minutes.
-    args = _sft_config(config, bf16, eval_enabled, progress)
+    args = _sft_config(config, bf16, eval_enabled)
     checkpoint = resolve_checkpoint(config)
     set_seed(config.seed)  # LoRA matrices are initialised before the Trainer seeds anything
     model, processor = _load_base(
@@ -628,12 +618,13 @@ def build_trainer(
         processing_class=processor,
         # Full tuning: no peft wrapper, every parameter of the model trains.
         peft_config=_lora_config(config, preset.family) if tuning == "lora" else None,
-        callbacks=[_log_callback(), *(callbacks or [])],
+        callbacks=[_progress_callback(progress), *(callbacks or [])],
     )
     extra = image_processor_kwargs(processor)
     if extra:
         trainer.data_collator.processor = _ProcessorWithImageKwargs(processor, extra)
-    trainer.remove_callback(PrinterCallback)  # it print()s every log; LogCallback logs instead
+    # It print()s every log dict; croptune's TrainProgress shows the run instead.
+    trainer.remove_callback(PrinterCallback)
     facts = {
         "base_model": model_path,
         "preset": preset.model_dump(),
@@ -662,9 +653,14 @@ def train(
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "close_progress"):
+                callback.close_progress()
     seconds = time.perf_counter() - start
-    eval_loss = trainer.evaluate()["eval_loss"] if facts["eval"] else None
+    eval_loss = _final_eval_loss(trainer) if facts["eval"] else None
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     result = TrainResult(
         adapter_dir=Path(config.output_dir) / ("model" if facts["tuning"] == "full" else "adapter"),
@@ -678,6 +674,17 @@ def train(
     )
     _save_artifacts(trainer, config, facts, result)
     return result
+
+
+def _final_eval_loss(trainer: Any) -> float:
+    """The validation loss of the final weights: the last step's evaluation, else a new one."""
+    state = trainer.state
+    for entry in reversed(state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == state.global_step:
+                return entry["eval_loss"]  # evaluated at the last step already: not twice
+            break
+    return trainer.evaluate()["eval_loss"]
 
 
 def _save_artifacts(

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from teacher_labeling.conventions import sent_size
 from teacher_labeling.parse import parse_boxes
 from teacher_labeling.teachers import (
+    LabelConfig,
     OpenAITeacher,
     Teacher,
     TeacherConfig,
@@ -31,7 +32,7 @@ from teacher_labeling.teachers import (
     build_teacher,
 )
 from toolkit.boxes import Box, clean_boxes
-from toolkit.config import read_yaml_config
+from toolkit.config import prepare_config_data, read_yaml_config
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import ItemRow, RunStore
@@ -48,6 +49,10 @@ def box_teacher_config(value: dict[str, Any] | Path | str) -> TeacherConfig:
         path = Path(value)
         origin = str(path)
         data = read_yaml_config(path)
+        # Keys checked (the closest one named) and a local model's folder resolved against
+        # the file's folder, as every config croptune reads.
+        kind = LabelConfig if "teachers" in data else TeacherConfig
+        data = prepare_config_data(kind, data, path.resolve().parent, origin, stage="predict")
     if not isinstance(data, dict):
         raise CroptuneError(f"teacher config {origin} must hold a mapping")
     entries = data.get("teachers") if "teachers" in data else [data]
@@ -154,7 +159,7 @@ class TeacherBoxes:
             self.asked += 1
             text, usage = answer.text, answer.usage
         boxes, notes = parse_boxes(text, index, config.coords, sent_wh, original)
-        boxes, problems = clean_boxes(boxes, {index: original})
+        boxes, problems = clean_boxes(boxes, {index: original}, report_clipped=True)
         for note in notes + problems:
             store.log_event("predict", note, "warning", item.item_id, self.name, index)
         if usage is not None:  # cached once it parsed: an unusable answer is asked again

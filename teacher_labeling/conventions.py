@@ -6,10 +6,21 @@ Every function here is pure: numbers in, numbers out.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-Coords = Literal["qwen2.5-vl", "norm1000", "norm1", "pixels"]
-XYXY = tuple[float, float, float, float]
+# The conversion math lives in toolkit (catalog reference boxes use it too); re-exported here.
+from toolkit.boxes import XYXY, Coords, from_pixels, to_pixels
+
+__all__ = [
+    "QWEN_FACTOR",
+    "QWEN_MAX_PIXELS",
+    "QWEN_MIN_PIXELS",
+    "XYXY",
+    "Coords",
+    "from_pixels",
+    "sent_size",
+    "smart_resize",
+    "to_pixels",
+]
 
 # Qwen2.5-VL's processor defaults (patch 14 x spatial merge 2).
 QWEN_FACTOR = 28
@@ -54,37 +65,3 @@ def sent_size(
         h_bar, w_bar = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
         return w_bar, h_bar
     return width, height
-
-
-def to_pixels(
-    xyxy: XYXY, coords: Coords, sent_wh: tuple[int, int], original_wh: tuple[int, int]
-) -> XYXY:
-    """A teacher's box mapped to pixels of the oriented original image."""
-    x1, y1, x2, y2 = (float(v) for v in xyxy)
-    width, height = original_wh
-    if coords == "norm1000":
-        sx, sy = width / 1000.0, height / 1000.0
-    elif coords == "norm1":
-        sx, sy = float(width), float(height)
-    elif coords in ("qwen2.5-vl", "pixels"):
-        sx, sy = width / sent_wh[0], height / sent_wh[1]
-    else:
-        raise ValueError(f"unknown coordinate convention {coords!r}")
-    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
-
-
-def from_pixels(
-    xyxy: XYXY, coords: Coords, sent_wh: tuple[int, int], original_wh: tuple[int, int]
-) -> XYXY:
-    """A box in original pixels expressed in a teacher's convention (inverse of to_pixels)."""
-    x1, y1, x2, y2 = xyxy
-    width, height = original_wh
-    if coords == "norm1000":
-        sx, sy = 1000.0 / width, 1000.0 / height
-    elif coords == "norm1":
-        sx, sy = 1.0 / width, 1.0 / height
-    elif coords in ("qwen2.5-vl", "pixels"):
-        sx, sy = sent_wh[0] / width, sent_wh[1] / height
-    else:
-        raise ValueError(f"unknown coordinate convention {coords!r}")
-    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)

@@ -20,8 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from teacher_labeling.cost import image_tokens, text_tokens
 from teacher_labeling.teachers import (
@@ -32,6 +31,7 @@ from teacher_labeling.teachers import (
     check_openai_endpoint,
 )
 from toolkit.answers import Example, GeneratedAnswer
+from toolkit.config import load_stage_config
 from toolkit.errors import CroptuneError
 from toolkit.images import pixel_hash, to_rgb
 from toolkit.progress import ProgressBar
@@ -90,16 +90,7 @@ def is_endpoint_config(value: str) -> bool:
 
 def load_endpoint_config(path: Path | str) -> EndpointConfig:
     """An endpoint config from YAML, validated."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return EndpointConfig.model_validate(data)
-    except OSError as exc:
-        raise CroptuneError(f"endpoint config {path} cannot be read: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise CroptuneError(f"endpoint config {path} is not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        raise CroptuneError(f"endpoint config {path} is not valid:\n{exc}") from exc
+    return load_stage_config(EndpointConfig, Path(path), [], stage="evaluate")
 
 
 class _TimedClient:

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from teacher_labeling.parse import AnswerParseError, extract_json
 from teacher_labeling.teachers import OpenAITeacher, TeacherConfig, TeacherRequest
-from toolkit.config import read_yaml_config
+from toolkit.config import load_stage_config
 from toolkit.errors import CroptuneError
 from toolkit.metrics import flatten_fields
 
@@ -100,12 +100,7 @@ class JudgeConfig(BaseModel):
 
 def load_judge_config(path: Path | str) -> JudgeConfig:
     """A judge config from YAML, validated."""
-    path = Path(path)
-    data = read_yaml_config(path)  # missing file, bad YAML, not a mapping: one message each
-    try:
-        return JudgeConfig.model_validate(data)
-    except ValidationError as exc:
-        raise CroptuneError(f"judge config {path} is not valid:\n{exc}") from exc
+    return load_stage_config(JudgeConfig, Path(path), [], stage="evaluate")
 
 
 @dataclass

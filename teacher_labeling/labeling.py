@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,23 +23,13 @@ from toolkit.boxes import Box, clean_boxes
 from toolkit.catalog import load_ingested_image
 from toolkit.crops import FUSED_SOURCE
 from toolkit.images import ImageLoadError, load_image
+from toolkit.messages import cause_of
 from toolkit.progress import ProgressBar
 from toolkit.store import CropRow, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
-# Quoted excerpts (an answer's text), bracketed values and numbers in parentheses are a
-# message's particulars, not its cause: "no JSON object or list in the answer: '<noise>'" is one
-# cause for every item. Short quoted names ('brand') are the cause and stay.
-_PARTICULARS = re.compile(
-    r"(?<!\w)'[^']{25,}'(?!\w)|(?<!\w)\"[^\"]{25,}\"(?!\w)|\[[^\]]*\]|\(\d[^)]*\)"
-)
-
-
-def cause_of(teacher: str | None, message: str) -> str:
-    """The cause a warning or failure message reports, without its particulars."""
-    return (f"{teacher}: " if teacher else "") + _PARTICULARS.sub("...", message)
 
 
 @dataclass
@@ -396,7 +385,7 @@ def _store_boxes(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, us
         )
         run.error(item.item_id, teacher.name, index, f"boxes: {exc}")
         return
-    boxes, problems = clean_boxes(boxes, {index: request.original_size})
+    boxes, problems = clean_boxes(boxes, {index: request.original_size}, report_clipped=True)
     for note in notes + problems:
         run.store.log_event("label", note, "warning", item.item_id, teacher.name, index)
         run.summary.warn(teacher.name, note, item.item_id)

@@ -9,15 +9,16 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from teacher_labeling.conventions import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Coords, from_pixels
 from teacher_labeling.cost import Price, image_tokens, price_for, text_tokens
 from teacher_labeling.prompts import attributes_prompt, boxes_prompt
-from toolkit.config import read_yaml_config
+from toolkit.boxes import BoxConvention
+from toolkit.config import ConfigPath, load_stage_config
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, listing_text
 from toolkit.store import ItemRow
@@ -42,7 +43,11 @@ class TeacherConfig(BaseModel):
         "reference labels and boxes; local: a transformers model in-process",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible base URL; omit for OpenAI")
-    model: str = Field("reference", description="Model name sent to the endpoint")
+    model: Annotated[str, ConfigPath(when=("kind", "local"))] = Field(
+        "reference",
+        description="Model name sent to the endpoint; kind local: a hub id or a local model "
+        "folder (relative to the config file)",
+    )
     api_key_env: str | None = Field(
         None, description="NAME of the environment variable holding the key (never the key)"
     )
@@ -108,13 +113,29 @@ class LabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teachers: list[TeacherConfig] = Field(description="Teachers asked for every item")
-    schema_: str = Field("compliance", alias="schema", description="Built-in schema or a file path")
+    schema_: Annotated[str, ConfigPath(suffixes=(".yaml", ".yml", ".json"))] = Field(
+        "compliance",
+        alias="schema",
+        description="Built-in schema name (compliance) or a YAML/JSON schema file (relative to "
+        "the config file)",
+    )
     max_image_pixels: int = Field(
         64_000_000,
         description="Images with more pixels are refused as possible decompression bombs",
     )
     allow_outside_paths: bool = Field(
         False, description="Allow catalog image paths that leave the catalog folder"
+    )
+    box_convention: BoxConvention = Field(
+        "pixels",
+        description="How the catalog's reference boxes are given: pixels (of the oriented "
+        "image), norm1 (0..1 fractions) or norm1000 (0..1000 per axis); converted to pixels "
+        "at ingest (`catalog validate --box-convention`)",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Catalog field -> the catalog's own column name, e.g. {item_id: id, "
+        "images: image_paths} (`catalog validate --column item_id=id`)",
     )
     prices: dict[str, Price] = Field(
         default_factory=dict,
@@ -136,14 +157,9 @@ class LabelConfig(BaseModel):
         return self
 
 
-def load_label_config(path: Path | str) -> LabelConfig:
-    """A labeling config from YAML, validated."""
-    path = Path(path)
-    data = read_yaml_config(path)  # missing file, bad YAML, not a mapping: one message each
-    try:
-        return LabelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise CroptuneError(f"label config {path} is not valid:\n{exc}") from exc
+def load_label_config(path: Path | str, overrides: list[str] | None = None) -> LabelConfig:
+    """A labeling config from YAML and key=value overrides, validated."""
+    return load_stage_config(LabelConfig, Path(path), list(overrides or []), stage="label")
 
 
 @dataclass

@@ -26,6 +26,17 @@ for _name, _value in {
     os.environ[_name] = _value
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test starts with the same environment: an in-process `croptune` command sets
+    variables (toolkit.noise) that a later test's subprocess would otherwise inherit."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real-architecture Gemma 3 student built offline once per test session."""

@@ -407,8 +407,7 @@ BadCase = Callable[[Path], Path]
             ),
             "item BAD",
             [
-                "reference box [50.0, 40.0, 60.0, 45.0] on image 0 (40x30) is empty or "
-                "outside the image; dropped"
+                "reference box [50.0, 40.0, 60.0, 45.0] on image 0 (40x30) lies outside the image; dropped"
             ],
             1,
             id="box-fully-outside",
@@ -428,7 +427,10 @@ BadCase = Callable[[Path], Path]
                 ],
             ),
             "item BAD",
-            ["reference box [20.0, 5.0, 10.0, 15.0] on image 0 has x2<x1 or y2<y1; dropped"],
+            [
+                "reference box [20.0, 5.0, 10.0, 15.0] on image 0 (40x30) has x2<x1 or y2<y1; "
+                "dropped. Read as [x, y, width, height] it is [20.0, 5.0, 30.0, 20.0] in xyxy"
+            ],
             1,
             id="box-x2-before-x1",
         ),
@@ -444,7 +446,7 @@ BadCase = Callable[[Path], Path]
                 ],
             ),
             "item BAD",
-            ["reference box on image 0 has a non-finite coordinate; dropped"],
+            ["reference box [nan, 1.0, 5.0, 5.0] on image 0 (40x30) has a non-finite coordinate"],
             1,
             id="box-nan",
         ),
@@ -558,18 +560,18 @@ def test_outside_paths_are_accepted_when_allowed(tmp_path: Path, reference: str 
 
 
 @pytest.mark.parametrize(
-    ("xyxy", "clipped"),
+    ("xyxy", "clipped", "outside"),
     [
-        # Sticks out left and top: clipped to the image edge at 0.
-        pytest.param([-5, -3, 10, 12], (0.0, 0.0, 10.0, 12.0), id="left-top"),
+        # Sticks out left and top: clipped to the image edge at 0 (105 of 225 px² outside).
+        pytest.param([-5, -3, 10, 12], (0.0, 0.0, 10.0, 12.0), "47%", id="left-top"),
         # Sticks out right and bottom of the 40x30 image: clipped to 40 and 30.
-        pytest.param([30, 20, 55, 45], (30.0, 20.0, 40.0, 30.0), id="right-bottom"),
+        pytest.param([30, 20, 55, 45], (30.0, 20.0, 40.0, 30.0), "84%", id="right-bottom"),
         # Larger than the image on every side: becomes the whole image.
-        pytest.param([-1, -1, 100, 100], (0.0, 0.0, 40.0, 30.0), id="covers-all"),
+        pytest.param([-1, -1, 100, 100], (0.0, 0.0, 40.0, 30.0), "88%", id="covers-all"),
     ],
 )
-def test_partly_outside_reference_box_is_clipped(
-    tmp_path: Path, xyxy: list[float], clipped: tuple[float, ...]
+def test_partly_outside_reference_box_is_clipped_and_reported(
+    tmp_path: Path, xyxy: list[float], clipped: tuple[float, ...], outside: str
 ) -> None:
     record = {
         "item_id": "CLIP",
@@ -578,7 +580,13 @@ def test_partly_outside_reference_box_is_clipped(
     }
     catalog = load_catalog(_jsonl(tmp_path, [record]))
     inspected = inspect_item(catalog, catalog.items[0])
-    assert inspected.problems == []
+    assert [(p.level, str(p)) for p in inspected.problems] == [
+        (
+            "warning",
+            f"item CLIP: reference box {[float(v) for v in xyxy]} on image 0 (40x30) is partly "
+            f"outside the image: clipped to {list(clipped)} ({outside} of its area was outside)",
+        )
+    ]
     assert [(b.image, b.xyxy, b.label, b.source) for b in inspected.boxes] == [
         (0, clipped, "brand", "reference")
     ]
@@ -803,7 +811,9 @@ def test_cli_validate_reports_each_problem_and_exits_1(tmp_path: Path) -> None:
         "line 3: not valid JSON: Expecting property name enclosed in double quotes at column 2",
         "item BAD: image 0 (img/missing.png): file not found",
         "item BAD: no usable image; the item is skipped",
-        "item BOX: reference box [9.0, 0.0, 1.0, 5.0] on image 0 has x2<x1 or y2<y1; dropped",
+        "item BOX: reference box [9.0, 0.0, 1.0, 5.0] on image 0 (40x30) has x2<x1 or y2<y1; "
+        "dropped. Read as [x, y, width, height] it is [9.0, 0.0, 10.0, 5.0] in xyxy: croptune's "
+        "boxes are [x1, y1, x2, y2]",
     ]
     assert "4 problem(s)" in result.stderr
     assert "Traceback" not in result.stderr

@@ -137,7 +137,7 @@ def test_label_accepts_an_image_outside_the_catalog_folder_with_the_flag(tmp_pat
     }
     (folder / "catalog.jsonl").write_text(json.dumps(item) + "\n")
     croptune = str(Path(sys.executable).parent / "croptune")
-    config = REPO / "examples" / "configs" / "label-reference.yaml"
+    config = REPO / "toolkit" / "configs" / "label-reference.yaml"
     args = [
         croptune,
         "--no-progress",

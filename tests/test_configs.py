@@ -15,12 +15,22 @@ from toolkit.crops import CropConfig
 from toolkit.errors import CroptuneError
 from toolkit.schema import load_schema
 
-CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.yaml"))
+# The starter configs are package data (toolkit/configs), written out by `croptune init`.
+CONFIGS = sorted((Path(__file__).parent.parent / "toolkit" / "configs").glob("*.yaml"))
 
 
 def test_examples_ship_configs():
     names = {p.name for p in CONFIGS}
     assert {"label.yaml", "label-reference.yaml", "crop.yaml", "train-tiny.yaml"} <= names
+
+
+def test_starter_configs_are_package_data():
+    from toolkit.config import packaged_configs
+
+    # What an installed croptune reads (importlib.resources) is exactly the folder tested here.
+    assert sorted(packaged_configs()) == [p.name for p in CONFIGS]
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert '"configs/*.yaml"' in pyproject
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -35,6 +45,9 @@ def test_shipped_config_loads(path):
         load_stage_config(CropConfig, path, [])
     elif path.name.startswith("train"):
         config = load_train_config(path, [])
+        # Written relative, resolved against the config's folder: `croptune init DIR` works.
+        assert config.dataset.is_absolute() and config.dataset.is_relative_to(path.parent)
+        assert config.output_dir.is_relative_to(path.parent)
         # the largest --max-lora-rank vLLM has
         assert 1 <= config.lora_r <= VLLM_MAX_LORA_RANKS[-1]
         # vLLM-servable default: LoRA on the language model only, for every family.

@@ -75,7 +75,7 @@ def _croptune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def _labeled_run(tmp_path: Path, n: int, pairs: bool) -> Path:
     """A stock-photo catalog labeled by the reference teacher, as `croptune label` does it."""
     catalog = _stock_photo_catalog(tmp_path / "catalog", n, pairs=pairs)
-    config = REPO / "examples" / "configs" / "label-reference.yaml"
+    config = REPO / "toolkit" / "configs" / "label-reference.yaml"
     run = tmp_path / "run"
     labeled = _croptune("label", str(catalog), "--config", str(config), "--run", str(run),
                         cwd=tmp_path)  # fmt: skip

@@ -23,7 +23,6 @@ from finetune.detector import (
     load_detector,
     model_input,
     predict_boxes,
-    split_items,
     train_detector,
 )
 from toolkit.boxes import Box
@@ -74,32 +73,22 @@ def _store(tmp_path: Path, boxes: dict[str, list[Box]], items: int = 2) -> RunSt
 
 
 @pytest.mark.parametrize(
-    ("n_items", "holdout", "n_held"),
+    "overrides",
     [
-        (10, 0.2, 2),  # the fraction of items, rounded
-        (10, 0.01, 1),  # a tiny fraction still holds one item out
-        (2, 0.9, 1),  # at least one item always stays for training
-        (5, 0.0, 0),  # holdout 0: everything trains, nothing is measured
+        [],  # the defaults: the detector splits as a default `dataset build` does
+        ["seed=7"],  # another seed
+        ["validation_ratio=0.25", "test_ratio=0.05"],  # other ratios
+        ["validation_ratio=0", "test_ratio=0"],  # nothing held out
     ],
 )
-def test_split_is_by_item_and_disjoint(n_items, holdout, n_held):
-    ids = [f"item{i}" for i in range(n_items)]
-    train, held = split_items(ids, holdout, seed=0)
-    assert len(held) == n_held
-    assert not set(train) & set(held)
-    assert set(train) | set(held) == set(ids)
+def test_the_detector_takes_the_datasets_split_settings(overrides):
+    from toolkit.dataset import SPLIT_KEYS, DatasetConfig
 
-
-def test_split_depends_on_seed_not_on_order():
-    ids = [f"item{i}" for i in range(40)]
-    first = split_items(ids, 0.25, seed=1)
-    assert split_items(list(reversed(ids)), 0.25, seed=1) == first
-    assert split_items(ids, 0.25, seed=2)[1] != first[1]
-
-
-def test_split_of_one_item_is_refused():
-    with pytest.raises(CroptuneError, match="at least 2 items"):
-        split_items(["only"], 0.2, seed=0)
+    detector = load_stage_config(DetectorConfig, None, overrides)
+    dataset = load_stage_config(DatasetConfig, None, overrides)
+    assert {k: getattr(detector, k) for k in SPLIT_KEYS} == {
+        k: getattr(dataset, k) for k in SPLIT_KEYS
+    }
 
 
 def _results(boxes: list[list[float]], size_wh: tuple[int, int] = (100, 200)):
@@ -152,15 +141,21 @@ def test_the_model_is_given_the_oriented_photo_as_bgr(tmp_path):
 def test_config_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "detector.yaml"
     path.write_text("epochs: 5\nimgsz: 320\nclasses: labels\n")
-    config = load_stage_config(DetectorConfig, path, ["epochs=2", "--holdout=0.3"])
-    assert (config.epochs, config.imgsz, config.holdout, config.classes) == (2, 320, 0.3, "labels")
+    config = load_stage_config(DetectorConfig, path, ["epochs=2", "--test_ratio=0.3"])
+    assert (config.epochs, config.imgsz, config.test_ratio, config.classes) == (
+        2,
+        320,
+        0.3,
+        "labels",
+    )
     assert all(f.description for f in DetectorConfig.model_fields.values())
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("holdout=1", "holdout"),  # everything held out leaves nothing to train on
+        ("test_ratio=1", "test_ratio"),  # everything held out leaves nothing to train on
+        ("holdout=0.2", "holdout"),  # the old key: the split is the dataset's now
         ("classes=kinds", "classes"),  # only region | labels
         ("no_such_key=1", "no_such_key"),  # unknown keys are named
     ],
@@ -254,10 +249,28 @@ def test_onnx_export_without_the_onnx_package_fails_before_training(tmp_path, mo
 # ------------------------------------------------- a real offline training run (1 epoch)
 
 
+SERVE_CONF = 0.01  # low, so that a 1-epoch detector proposes something to measure
+
+
+def _share_a_photo(catalog: Path) -> dict[str, object]:
+    """Let the catalog's second item show the first item's first photo too, boxing the same
+    boxes on it as the first item plus one of its own; returns what was shared."""
+    lines = [json.loads(line) for line in catalog.read_text().splitlines()]
+    first, second = lines[0], lines[1]
+    index = len(second["images"])
+    second["images"].append(first["images"][0])
+    same = [dict(b, image=index) for b in first["boxes"] if b["image"] == 0]
+    extra = {"image": index, "xyxy": [2, 2, 40, 30], "label": "extra"}
+    second["boxes"] += [*same, extra]
+    catalog.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {"items": {first["item_id"], second["item_id"]}, "boxes": len(same) + 1}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 6-item synthetic run labeled by the reference teacher, and a detector trained on it
-    through the CLI (in process) with every network connection refused and recorded."""
+    """A 6-item synthetic run (two items share a photo) labeled by the reference teacher, and
+    a detector trained on it through the CLI (in process) with every network connection
+    refused and recorded."""
     from typer.testing import CliRunner
 
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
@@ -267,6 +280,7 @@ def trained(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("detector")
     catalog = make_example_catalog(work / "catalog", n_items=6, seed=0)
+    shared = _share_a_photo(catalog)
     teacher = TeacherConfig(name="reference", role="both", kind="reference", coords="pixels")
     run_label(catalog, LabelConfig(teachers=[teacher]), work / "run")
 
@@ -279,26 +293,38 @@ def trained(tmp_path_factory):
     # Relative paths, as a user types them (ultralytics would put a relative project elsewhere).
     args = ["detector", "train", "--run", "run", "--out", "det"]
     args += ["epochs=1", "imgsz=128", "batch=8", "workers=0", f"export_onnx={HAS_ONNX}"]
+    args += [f"conf={SERVE_CONF}", "device=cpu"]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
         patch.setattr(socket, "create_connection", refuse)
         patch.setattr(socket.socket, "connect", refuse)
-        result = CliRunner().invoke(app, args)
-    return {"work": work, "out": work / "det", "result": result, "attempts": attempts}
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})  # table rows unwrapped
+    return {
+        "work": work,
+        "out": work / "det",
+        "result": result,
+        "attempts": attempts,
+        "shared": shared,
+    }
 
 
 @pytest.mark.slow
 def test_cli_trains_and_prints_the_summary(trained):
     result = trained["result"]
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    metrics = json.loads((trained["out"] / "metrics.json").read_text())
     for row in (
-        "items train / held out",
-        "5 / 1",
-        "held-out mAP50",
+        "split by item, as `dataset build`",
+        "validation_ratio 0.1, test_ratio 0.2, seed 0",
+        f"{metrics['items']['train']} / {metrics['items']['held_out']}",
+        "1 shown by several items, used once with all their boxes",
+        # every figure names the kept weights and predict's threshold
+        "detector.pt (kept, loaded as predict loads it) on 6 held-out photos",
+        f"precision / recall (conf {SERVE_CONF}, predict's)",
+        "mAP50 / mAP50-95",
         "train seconds",
-        "detector.pt",
     ):
-        assert row in result.output
+        assert row in result.output, row
 
 
 @pytest.mark.slow
@@ -310,17 +336,136 @@ def test_training_tried_no_network_and_wrote_nothing_home(trained):
     assert not Path(USER_CONFIG_DIR).resolve().is_relative_to(Path.home().resolve())
 
 
+def _photo_owners(dataset: Path) -> dict[str, set[str]]:
+    """Exported image file -> the items that show the photo (from the export manifest)."""
+    manifest = json.loads((dataset / "croptune_export.json").read_text())
+    return {e["file"]: {o["item_id"] for o in e["items"]} for e in manifest["images"]}
+
+
 @pytest.mark.slow
-def test_held_out_items_never_reach_training(trained):
+def test_the_detector_never_trains_on_the_students_held_out_items(trained, tmp_path):
+    from datasets import load_from_disk
+
+    from toolkit.dataset import DatasetConfig
+    from toolkit.pipeline import run_dataset
+
+    # The split `dataset build` really makes of this run (the detector used the defaults).
+    run_dataset(trained["work"] / "run", tmp_path / "ds", DatasetConfig(strategy="originals"))
+    saved = load_from_disk(str(tmp_path / "ds"))
+    student_held = {i for name in ("validation", "test") if name in saved
+                    for i in saved[name]["item_id"]}  # fmt: skip
+    assert student_held and set(saved["train"]["item_id"])
+
     out = trained["out"]
     split = yaml.safe_load((out / "detector.yaml").read_text())["split"]
-    assert split["held_out"] and not set(split["train"]) & set(split["held_out"])
+    assert split["held_out"] and split["train"]
+    assert not set(split["train"]) & student_held  # by item
+    assert set(split["held_out"]) == student_held
+    dataset = out / "dataset"
+    fit = yaml.safe_load((dataset / "fit.yaml").read_text())
+    assert fit["train"] == "images/train" and fit["train"] not in fit["val"]
+    owners = _photo_owners(dataset)
+    trained_on = [f"images/train/{p.name}" for p in (dataset / "images" / "train").iterdir()]
+    assert trained_on
+    for file in trained_on:  # by photo: no photo a held-out item shows is trained on
+        assert not owners[file] & student_held, file
+    for file, items in owners.items():
+        if items & student_held:
+            assert not file.startswith("images/train/"), file
+
+
+@pytest.mark.slow
+def test_a_shared_photo_is_trained_once_with_all_boxes(trained):
+    dataset = trained["out"] / "dataset"
+    shared = [(f, items) for f, items in _photo_owners(dataset).items() if len(items) > 1]
+    assert [items for _, items in shared] == [trained["shared"]["items"]]
+    ((file, _),) = shared
+    label = dataset / file.replace("images/", "labels/", 1).replace(".jpg", ".txt")
+    # the first item's boxes once (the second boxed the same ones) and the second's own box
+    assert len(label.read_text().splitlines()) == trained["shared"]["boxes"]
+    metrics = json.loads((trained["out"] / "metrics.json").read_text())
+    # the second item's copies of the first item's boxes are the merged ones
+    assert (metrics["shared_photos"], metrics["merged_boxes"]) == (
+        1,
+        trained["shared"]["boxes"] - 1,
+    )
+
+
+def _greedy_matches(proposed: list[Box], truth: list[Box]) -> int:
+    """Proposals matching a box one-to-one at IoU >= 0.5, pairs taken by descending IoU."""
+
+    def iou(a: Box, b: Box) -> float:
+        w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+        h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+        return w * h / (a.area + b.area - w * h)
+
+    pairs = sorted(((iou(p, t), i, j) for i, p in enumerate(proposed)
+                    for j, t in enumerate(truth)), reverse=True)  # fmt: skip
+    used_p, used_t, found = set(), set(), 0
+    for value, i, j in pairs:
+        if value >= 0.5 and i not in used_p and j not in used_t:
+            used_p.add(i), used_t.add(j)
+            found += 1
+    return found
+
+
+@pytest.mark.slow
+def test_every_summary_figure_is_of_the_kept_weights_at_predicts_threshold(trained):
+    from supervision.metrics import MeanAveragePrecision
+
+    from finetune.detector import MAP_CONF
+    from toolkit.catalog import load_ingested_image
+
+    out = trained["out"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["weights"], metrics["conf"]) == ("detector.pt", SERVE_CONF)
+    detector = load_detector(out)  # the kept file and the settings predict reads
+    assert detector.conf == SERVE_CONF
+
+    # Re-measure the held-out photos from scratch, as predict would see them.
     manifest = json.loads((out / "dataset" / "croptune_export.json").read_text())
-    item_of = {f"./{i['file']}": i["item_id"] for i in manifest["images"]}
-    train_files = (out / "dataset" / "train.txt").read_text().split()
-    val_files = (out / "dataset" / "val.txt").read_text().split()
-    assert {item_of[f] for f in train_files} == set(split["train"])
-    assert {item_of[f] for f in val_files} == set(split["held_out"])
+    held = [e for e in manifest["images"] if e["split"] in ("validation", "test")]
+    labels_dir = out / "dataset" / "labels"
+    tp = n_proposed = n_truth = 0
+    ranked, targets = [], []
+    with RunStore(trained["work"] / "run", create=False) as store:
+        for entry in held:
+            row = store.images(entry["item_id"])[entry["image"]]
+            image = load_ingested_image(row)
+            width, height = image.size
+            label = labels_dir / entry["file"].split("/", 1)[1].replace(".jpg", ".txt")
+            truth = []
+            for line in label.read_text().splitlines():
+                _, cx, cy, w, h = (float(v) for v in line.split())
+                truth.append(Box(0, (cx - w / 2) * width, (cy - h / 2) * height,
+                                 (cx + w / 2) * width, (cy + h / 2) * height))  # fmt: skip
+            served = predict_boxes(detector, [image])[0]  # predict's call: its conf and iou
+            tp += _greedy_matches(served, truth)
+            n_proposed, n_truth = n_proposed + len(served), n_truth + len(truth)
+            low = predict_boxes(detector, [image], conf=MAP_CONF)[0]
+            ranked.append(_sv(low))
+            targets.append(_sv(truth))
+    figures = metrics["metrics"]
+    assert figures["images"] == len(held) and figures["boxes"] == n_truth > 0
+    # The proposal count depends on the weights and the threshold: it must be predict's.
+    assert figures["proposals"] == n_proposed != sum(len(r) for r in ranked)
+    assert figures["precision"] == pytest.approx(tp / n_proposed if n_proposed else 0.0, abs=1e-4)
+    assert figures["recall"] == pytest.approx(tp / n_truth, abs=1e-4)
+    result = MeanAveragePrecision().update(ranked, targets).compute()
+    assert figures["map50"] == pytest.approx(max(0.0, float(result.map50)), abs=1e-6)
+    assert figures["map50_95"] == pytest.approx(max(0.0, float(result.map50_95)), abs=1e-6)
+
+
+def _sv(boxes: list[Box]):
+    import supervision as sv
+
+    if not boxes:
+        return sv.Detections.empty()
+    return sv.Detections(
+        xyxy=np.array([b.xyxy for b in boxes], dtype=np.float64),
+        class_id=np.zeros(len(boxes), dtype=np.int64),
+        confidence=np.array([1.0 if b.score is None else b.score for b in boxes]),
+    )
 
 
 @pytest.mark.slow
@@ -330,11 +475,16 @@ def test_outputs_hold_the_settings_and_metrics(trained):
     metrics = json.loads((out / "metrics.json").read_text())
     assert settings["classes"] == [REGION_CLASS] and settings["imgsz"] == 128
     assert settings["config"]["epochs"] == 1 and settings["box_source"] == "reference"
-    assert metrics["items"] == {"train": 5, "held_out": 1}
+    assert settings["split"]["validation_ratio"] == 0.1 and settings["split"]["seed"] == 0
+    assert metrics["items"] == {
+        "train": len(settings["split"]["train"]),
+        "held_out": len(settings["split"]["held_out"]),
+    }
     assert metrics["metrics"]["boxes"] > 0
     for key in ("precision", "recall", "map50", "map50_95"):
         assert 0.0 <= metrics["metrics"][key] <= 1.0, key
         assert settings["metrics"][key] == metrics["metrics"][key]
+    assert "detector.pt" in metrics["measured_by"] and f">= {SERVE_CONF}" in metrics["measured_by"]
     assert (out / "detector.pt").is_file()
     assert (out / "train" / "args.yaml").is_file() and not (trained["work"] / "runs").exists()
     assert (out / "detector.onnx").is_file() == HAS_ONNX

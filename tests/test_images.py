@@ -230,7 +230,7 @@ def test_to_rgb_exact_pixels(
 
 
 @pytest.mark.parametrize(
-    ("make", "fmt", "expected", "tol"),
+    ("make", "fmt", "expected", "tol", "conversions"),
     [
         # A 16-bit grey PNG read back from disk: 65535 -> 255, 0 -> 0.
         pytest.param(
@@ -238,6 +238,7 @@ def test_to_rgb_exact_pixels(
             "PNG",
             [WHITE, (0, 0, 0)],
             0,
+            ("16-bit (I;16) scaled to 8-bit",),
             id="png-16bit-grey",
         ),
         # A palette PNG with a tRNS entry: the transparent index reads as white.
@@ -246,6 +247,7 @@ def test_to_rgb_exact_pixels(
             "PNG",
             [RED, WHITE],
             0,
+            ("transparency composited on white",),
             id="png-palette-trns",
         ),
         # An RGBA PNG with a fully transparent black pixel.
@@ -254,6 +256,7 @@ def test_to_rgb_exact_pixels(
             "PNG",
             [WHITE, BLUE],
             0,
+            ("transparency composited on white",),
             id="png-rgba",
         ),
         # A CMYK JPEG (Adobe inverted ink) decodes to cyan, within JPEG loss.
@@ -262,7 +265,26 @@ def test_to_rgb_exact_pixels(
             "JPEG",
             [(0, 255, 255)] * 256,
             4,
+            ("CMYK converted to RGB",),
             id="jpeg-cmyk",
+        ),
+        # An RGBA PNG opaque everywhere: the alpha channel changes nothing, so no note.
+        pytest.param(
+            lambda: _row("RGBA", [(0, 0, 255, 255), (255, 0, 0, 255)]),
+            "PNG",
+            [BLUE, RED],
+            0,
+            (),
+            id="png-rgba-opaque",
+        ),
+        # A plain grey PNG: repeated into three channels, nothing lost, no note.
+        pytest.param(
+            lambda: _array([255, 0], np.uint8),
+            "PNG",
+            [WHITE, (0, 0, 0)],
+            0,
+            (),
+            id="png-grey-8bit",
         ),
     ],
 )
@@ -272,6 +294,7 @@ def test_load_image_from_file_normalises(
     fmt: str,
     expected: list[tuple[int, int, int]],
     tol: int,
+    conversions: tuple[str, ...],
 ) -> None:
     source = make()
     path = tmp_path / f"image.{fmt.lower()}"
@@ -281,6 +304,7 @@ def test_load_image_from_file_normalises(
     loaded = load_image(str(path))
     assert loaded.size == source.size
     _assert_pixels(loaded.image, expected, tol)
+    assert loaded.conversions == conversions  # every change to the pixels is named
 
 
 # --- EXIF orientation --------------------------------------------------------------------
@@ -354,6 +378,17 @@ def test_exif_orientation_restores_upright_pixels(
     assert _near(_corner(loaded.image, "TR"), BLUE)
     assert _near(_corner(loaded.image, "BL"), WHITE)
     assert _near(_corner(loaded.image, "BR"), WHITE)
+    # A turned file is said to be turned, with both sizes (boxes live in the oriented frame).
+    stored_w, stored_h = stored.size
+    expected = (
+        ()
+        if orientation == 1
+        else (
+            f"EXIF orientation {orientation} applied ({stored_w}x{stored_h} file, "
+            f"{UPRIGHT_SIZE[0]}x{UPRIGHT_SIZE[1]} oriented; boxes are read in the oriented frame)",
+        )
+    )
+    assert loaded.conversions == expected
 
 
 # --- errors ------------------------------------------------------------------------------

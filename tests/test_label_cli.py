@@ -255,9 +255,7 @@ def test_flat_reference_attributes_are_grouped_and_every_warning_reaches_the_con
             json.dumps({"item_id": f"F{i}", "images": [f"img/{i}.png"], "attributes": flat})
         )
     (folder / "catalog.jsonl").write_text("\n".join(lines) + "\n")
-    config = (
-        Path(__file__).resolve().parent.parent / "examples" / "configs" / "label-reference.yaml"
-    )
+    config = Path(__file__).resolve().parent.parent / "toolkit" / "configs" / "label-reference.yaml"
     run = tmp_path / "run"
     result = subprocess.run(
         [CROPTUNE, "--no-progress", "label", str(folder / "catalog.jsonl"), "--config", str(config),

@@ -18,7 +18,7 @@ from toolkit.store import RunStore
 from toolkit.synthetic import make_example_catalog
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
-EXAMPLES = Path(__file__).parent.parent / "examples" / "configs"
+EXAMPLES = Path(__file__).parent.parent / "toolkit" / "configs"  # the starter configs
 
 
 def croptune(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -246,9 +246,51 @@ def test_cli_writes_error_records_and_exits_1(tmp_path, monkeypatch, capsys):
     assert asked == 1  # only the good item reached the student
     err = capsys.readouterr().err
     assert "2 of 3 item(s) failed" in err and "Traceback" not in err
+    # failures and the good item's notes by cause, on the console (not only in the file)
+    lines = err.splitlines()
+    assert f"2 failed item(s), by cause (each one is in {out}):" in lines
+    assert (
+        "  1 x decode: image ...: file not found; no usable image; the item is skipped "
+        "(1 item(s): missing)"
+    ) in lines
+    assert f"2 warning(s) and note(s), by cause (each one is in {out}):" in lines
+    assert "  1 x unknown field attributes.no_such_field dropped (1 item(s): good)" in lines
     stats = json.loads((default_workdir(out) / STATS_FILE).read_text())
     assert (stats["items"], stats["predicted"], stats["failed"]) == (3, 1, 2)
     assert set(stats["seconds_per_item"]) == {"decode", "boxes", "crop", "generate"}
+
+
+@pytest.mark.parametrize(
+    ("columns", "code", "said"),
+    [
+        # the catalog's own names mapped: predicted as a croptune catalog would be
+        (["item_id=sku", "images=photos"], 0, None),
+        # not mapped: one message naming what was found and the flags to pass
+        ([], 1, "--column item_id=sku --column images=photos"),
+    ],
+)
+def test_cli_maps_a_catalogs_own_column_names(tmp_path, monkeypatch, capsys, columns, code, said):
+    from toolkit import cli
+
+    folder = tmp_path / "catalog"
+    photo(folder / "a.png", square=(20, 20, 60, 50))
+    rows = [{"sku": "K-1", "photos": ["a.png"], "title": "Kettle"}]
+    catalog = folder / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "preds.jsonl"
+    with FakeOpenAI(FixedAnswer(json.dumps(ANSWER))) as server:
+        args = ["croptune", "--no-progress", "predict", str(catalog), "--out", str(out)]
+        args += ["--bundle", str(write_bundle(tmp_path / "bundle"))]
+        args += ["--endpoint", server.base_url, *[f"--column={c}" for c in columns]]
+        monkeypatch.setattr(sys, "argv", args)
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+    assert exited.value.code == code
+    if said is None:
+        (record,) = read_jsonl(out)
+        assert record["item_id"] == "K-1" and record["attributes"]["attributes"]["brand"] == "Acme"
+    else:
+        assert said in capsys.readouterr().err and not out.exists()
 
 
 def test_catalog_problems_become_error_records(tmp_path):
@@ -343,6 +385,37 @@ def test_a_killed_predict_resumes_without_asking_again(tmp_path):
         # one photo and its crop: the item's second photo is the same picture once upright,
         # so it and its crop are pHash duplicates, left out as training left them out
         assert record["images"] == 2
+
+
+def test_box_source_clipping_is_in_the_record_and_the_summary(tmp_path):
+    folder = tmp_path / "catalog"
+    catalog = write_catalog(
+        folder,
+        [
+            {"item_id": "A", "images": [photo(folder / "a.png", (400, 300))]},
+            {"item_id": "B", "images": [photo(folder / "b.png", (400, 300))]},
+        ],
+    )
+
+    def boxes(request: ChatRequest) -> str:
+        # A box that sticks out of every 400x300 photo by 89% of its area.
+        return json.dumps([{"bbox_2d": [350, 250, 500, 400], "label": "text"}])
+
+    out = tmp_path / "preds.jsonl"
+    with FakeOpenAI(boxes) as box_server, FakeOpenAI(FixedAnswer(json.dumps(ANSWER))) as server:
+        teacher = TeacherConfig(name="t", role="boxes", base_url=box_server.base_url, model="t")
+        bundle = load_bundle(write_bundle(tmp_path / "b", box_source="teacher"))
+        summary = predict_catalog(bundle, catalog, out, endpoint(server), TeacherBoxes(teacher))
+    records = {r["item_id"]: r for r in read_jsonl(out)}
+    clipped = (
+        "boxes: box [350.0, 250.0, 500.0, 400.0] on image 0 (400x300) is partly outside the "
+        "image: clipped to [350.0, 250.0, 400.0, 300.0] (89% of its area was outside)"
+    )
+    for item_id in ("A", "B"):  # both got the sticking-out box: each record says so
+        assert records[item_id]["warnings"] == [clipped]
+        assert records[item_id]["boxes"][0]["xyxy"] == [350.0, 250.0, 400.0, 300.0]
+    cause = "boxes: box ... on image 0 ... is partly outside the image: clipped to ... ..."
+    assert summary.warnings[cause] == ["A", "B"]
 
 
 def test_boxes_change_with_the_source_and_old_crops_go(tmp_path):
@@ -530,7 +603,14 @@ def test_end_to_end_label_crop_detector_dataset_train_export_predict(tmp_path, m
     detector = tmp_path / "detector"
     # conf 0.01: one epoch from random weights proposes little above the default 0.25
     config = DetectorConfig(
-        epochs=1, imgsz=96, batch=8, workers=0, holdout=0.2, device="cpu", conf=0.01
+        epochs=1,
+        imgsz=96,
+        batch=8,
+        workers=0,
+        validation_ratio=0.1,
+        test_ratio=0.2,
+        device="cpu",
+        conf=0.01,
     )
     train_detector(tmp_path / "run", detector, config, verbose=False)
     run_dataset(tmp_path / "run", tmp_path / "dataset", DatasetConfig(max_images_per_item=4))

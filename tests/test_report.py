@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -210,7 +213,7 @@ def test_listing_text_is_escaped(html: str):
 def test_flags_and_filters(html: str):
     tree = _parse(html)
     sections = _sections(tree)
-    assert sections["A"]["data-flags"] == "failed"
+    assert sections["A"]["data-flags"] == "failed photos"  # HTTP 500; image 2 is missing
     assert sections["B"]["data-flags"] == "disagree"
     assert sections["C"]["data-flags"] == "no-label"
     assert sections["A"]["data-category"] == "kitchen"
@@ -223,6 +226,15 @@ def test_flags_and_filters(html: str):
     # The disagreeing row is marked, the agreeing one (RED vs red) is not.
     rows = {e[1]["data-field"]: e[1].get("class") for e in tree.find("tr") if "data-field" in e[1]}
     assert rows["attributes.brand"] == "diff" and rows["attributes.color"] is None
+
+
+def test_a_failure_a_rerun_answered_is_not_shown_as_failed(tmp_path: Path):
+    store = _make_run(tmp_path)  # A: qwen's request for image 0 failed (HTTP 500) ...
+    time.sleep(0.01)
+    store.record_answer("k2b", "qwen", "qwen-vl", "A", 0, "[]", {}, boxes=[QWEN_A0])  # ... then
+    store.close()
+    sections = _sections(_parse(_render(tmp_path / "run")))
+    assert sections["A"]["data-flags"] == "photos"  # image 2 is still missing; not failed
 
 
 def test_boxes_disagree_rule():
@@ -476,3 +488,534 @@ def test_browser_pagination_and_failure_filter(tmp_path: Path):
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-seen="Page 1 of 3:A|Page 2 of 3:B|Page 1 of 1:A"' in body
     assert 'data-enlarged="photo wide"' in body  # a click on a photo widens it
+
+
+# --- what the page says: predict work folders, items without images ---------------------------
+#
+# Each case builds a run folder with the real stages (predict_catalog on a loopback student or
+# the tiny in-process one, run_label with the reference teacher), renders it, and the page's
+# header figures and each section's flags and text are compared with what the run did.
+
+
+def _section_texts(html: str) -> dict[str, tuple[str, str]]:
+    """{item id ("" for a row without one): (data-flags, the section's visible text)}."""
+    sections = {}
+    for match in re.finditer(r"<section class=\"item\"(.*?)>(.*?)</section>", html, re.DOTALL):
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', match.group(1)))
+        text = re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]*"', "", match.group(2)))
+        text = " ".join(unescape(text).split())
+        sections[unescape(attrs["data-item-id"])] = (attrs["data-flags"], text)
+    return sections
+
+
+def _header_counts(html: str) -> list[str]:
+    """The header's figures as shown, e.g. "5 failed (catalog 2, decode 2, parse 1)"."""
+    block = html[html.index('<ul class="counts"') : html.index("</ul>", html.index('"counts"'))]
+    items = re.findall(r"<li[^>]*>(.*?)</li>", block, re.DOTALL)
+    return [" ".join(unescape(re.sub(r"<[^>]+>", " ", li)).split()) for li in items]
+
+
+def _render(store_dir: Path) -> str:
+    with RunStore(store_dir, create=False) as store:
+        out = write_report(store, store_dir / "report.html", thumb_side=64)
+    return out.read_text(encoding="utf-8")
+
+
+def _predict_folder(tmp: Path, items: list[dict], student, *, tail: str = "", out: str = "p.jsonl"):
+    """predict_catalog of these catalog rows (plus raw lines `tail`); returns the work folder."""
+    from finetune.predict import default_workdir, load_bundle, predict_catalog
+    from tests.test_predict import write_bundle, write_catalog
+
+    catalog = write_catalog(tmp / "catalog", items)
+    if tail:
+        with catalog.open("a") as handle:
+            handle.write(tail)
+    bundle = load_bundle(write_bundle(tmp / "bundle"))
+    predict_catalog(bundle, catalog, tmp / out, student)
+    return default_workdir(tmp / out)
+
+
+def _photo(tmp: Path, name: str) -> str:
+    from tests.test_predict import photo
+
+    return "img/" + photo(tmp / "catalog" / "img" / name)
+
+
+def _answers(bad: dict[str, str]):
+    """A loopback student: the answer in `bad` for a title found in it, else a good answer."""
+    from tests.test_predict import ANSWER
+
+    def responder(request) -> str:
+        return next((a for t, a in bad.items() if f"title {t}." in request.texts[-1]),
+                    json.dumps(ANSWER))  # fmt: skip
+
+    return responder
+
+
+def _items(*names: str) -> list[dict]:
+    return [{"item_id": n, "images": [f"img/{n}.png"], "title": f"title {n}."} for n in names]
+
+
+def _with_photos(tmp: Path, rows: list[dict]) -> list[dict]:
+    for row in rows:
+        for ref in row["images"]:
+            if ref.endswith(".png") and "gone" not in ref:
+                _photo(tmp, ref.removeprefix("img/"))
+    return rows
+
+
+def _served(tmp: Path, rows: list[dict], bad: dict[str, str], **kwargs) -> Path:
+    from tests.fake_openai import FakeOpenAI
+    from tests.test_predict import endpoint
+
+    with FakeOpenAI(_answers(bad)) as server:
+        return _predict_folder(tmp, _with_photos(tmp, rows), endpoint(server), **kwargs)
+
+
+def _case_repaired_answer(tmp: Path) -> str:
+    from tests.test_predict import ANSWER
+
+    # I1's answer is cut off before its end: repaired, predicted, not valid JSON as written
+    return _render(_served(tmp, _items("I0", "I1", "I2"), {"I1": json.dumps(ANSWER)[:-12]}))
+
+
+def _case_not_json(tmp: Path) -> str:
+    return _render(_served(tmp, _items("I0", "I1"), {"I1": "<script>window.__pwned=9</script> no"}))
+
+
+def _case_without_images(tmp: Path) -> str:
+    (tmp / "catalog" / "img").mkdir(parents=True)
+    (tmp / "catalog" / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    rows = [
+        *_items("good"),
+        {"item_id": "empty", "images": [], "title": "title empty."},
+        {"item_id": "missing", "images": ["img/nowhere.jpg"]},
+        {"item_id": "corrupt", "images": ["img/broken.jpg"]},
+        {"item_id": "partial", "images": ["img/partial.png", "img/gone.png"]},
+    ]
+    return _render(_served(tmp, rows, {}, tail="{not json\n"))
+
+
+def _case_image_gone(tmp: Path) -> str:
+    from tests.fake_openai import FakeOpenAI
+    from tests.test_predict import endpoint
+
+    rows = _with_photos(tmp, _items("A", "B"))
+    with FakeOpenAI(_answers({})) as server:
+        _predict_folder(tmp, rows, endpoint(server, "student-1"))
+        (tmp / "catalog" / "img" / "B.png").unlink()
+        # another student: every item is predicted again, and B's photo is gone
+        workdir = _predict_folder(tmp, rows, endpoint(server, "student-2"))
+    return _render(workdir)
+
+
+def _case_stopped(tmp: Path) -> str:
+    from finetune.infer import TransformersBackend
+
+    # the tiny student's random weights fall into a loop: the real repetition stop ends it
+    student = TransformersBackend("croptune:tiny", max_new_tokens=600)
+    return _render(_predict_folder(tmp, _with_photos(tmp, _items("L")), student))
+
+
+def _case_rerun(tmp: Path) -> str:
+    from tests.fake_openai import FakeOpenAI
+    from tests.test_predict import endpoint
+
+    rows = _with_photos(tmp, _items("A", "B"))
+    with FakeOpenAI(_answers({"B": "no idea"})) as server:
+        _predict_folder(tmp, rows, endpoint(server, "student-1"))
+    with FakeOpenAI(_answers({"A": "no idea"})) as server:
+        workdir = _predict_folder(tmp, rows, endpoint(server, "student-2"))
+    return _render(workdir)  # only the second run's results: A failed, B predicted
+
+
+def _case_killed(tmp: Path) -> str:
+    from finetune.predict import load_bundle, predict_catalog
+    from tests.fake_openai import FakeOpenAI
+    from tests.test_predict import endpoint, write_bundle, write_catalog
+
+    catalog = write_catalog(tmp / "catalog", _with_photos(tmp, _items("A", "B")))
+    bundle = load_bundle(write_bundle(tmp / "bundle"))
+
+    def killed(record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with FakeOpenAI(_answers({})) as server, pytest.raises(KeyboardInterrupt):
+        predict_catalog(bundle, catalog, tmp / "p.jsonl", endpoint(server), batch_size=1,
+                        on_record=killed)  # fmt: skip
+    return _render(tmp / "p.work")
+
+
+def _case_label_run(tmp: Path) -> str:
+    _make_run(tmp).close()
+    return _render(tmp / "run")
+
+
+def _case_label_never_ingested(tmp: Path) -> str:
+    from teacher_labeling.teachers import LabelConfig, TeacherConfig
+    from tests.test_predict import write_catalog
+    from toolkit.pipeline import run_label
+
+    rows = [
+        {"item_id": "good", "images": [_photo(tmp, "good.png")], "attributes": {"attributes": {"brand": "Acme"}}},
+        {"item_id": "empty", "images": [], "attributes": {"attributes": {"brand": "Acme"}}},
+        {"item_id": "missing", "images": ["img/nowhere.jpg"]},
+        # flat attributes: placed in their group, with a warning in the store
+        {"item_id": "flat", "images": [_photo(tmp, "flat.png")], "attributes": {"brand": "Acme"}},
+    ]  # fmt: skip
+    teacher = TeacherConfig(name="reference", role="both", kind="reference", coords="pixels")
+    run_label(write_catalog(tmp / "catalog", rows), LabelConfig(teachers=[teacher]), tmp / "run")
+    return _render(tmp / "run")
+
+
+PREDICTED = "status predicted answer valid JSON student saw 1 image (16 image tokens)"
+NOTES = "unknown field attributes.no_such_field dropped unknown group 'extra_group' dropped"
+BRAND = "attributes.brand Acme"
+
+
+@dataclasses.dataclass
+class PageCase:
+    build: object  # (tmp folder) -> the page's HTML
+    header: list[str]  # the header's figures, exactly
+    sections: dict[str, tuple[str, list[str]]]  # id -> (data-flags, texts in its section)
+    absent: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # id -> not there
+
+
+PAGE_CASES = {
+    # a predict work folder with one bad answer (cut off, repaired): counted as repaired JSON,
+    # the others intact
+    "one-repaired-answer": PageCase(
+        _case_repaired_answer,
+        [
+            "3 items (the latest predict run's output lines)",
+            "3 predicted",
+            "0 failed",
+            "2 valid JSON",
+            "1 repaired JSON (not valid as written)",
+            "0 unreadable answers (no JSON object of attributes)",
+            "0 stopped generation",
+            "3 with notes",
+            "3 usable photos",
+            "0 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "I0": ("warned", [PREDICTED, BRAND, NOTES]),
+            "I1": (
+                "repaired warned",
+                ["status predicted answer not valid JSON as written; repaired, then read", BRAND],
+            ),
+            "I2": ("warned", [PREDICTED, BRAND]),
+        },
+    ),
+    # an answer that was not JSON: that item failed at parse, with the answer (escaped)
+    "answer-not-json": PageCase(
+        _case_not_json,
+        [
+            "2 items (the latest predict run's output lines)",
+            "1 predicted",
+            "1 failed (parse 1)",
+            "1 valid JSON",
+            "0 repaired JSON (not valid as written)",
+            "1 unreadable answers (no JSON object of attributes)",
+            "0 stopped generation",
+            "1 with notes",
+            "2 usable photos",
+            "0 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "I0": ("warned", [PREDICTED, BRAND]),
+            "I1": (
+                "failed",
+                [
+                    "status failed at parse answer no JSON object of attributes could be read from it",
+                    "The answer <script>window.__pwned=9</script> no",
+                    "No predicted attributes.",
+                    "parse : no JSON object or list in the answer",
+                ],
+            ),
+        },
+    ),
+    # items without images: no images at all, a missing file, a corrupt file, one photo of two
+    # missing; and a catalog line that is not JSON. Every output line has its section, in the
+    # output's order (rows that did not load last).
+    "items-without-images": PageCase(
+        _case_without_images,
+        [
+            "6 items (the latest predict run's output lines)",
+            "2 predicted",
+            "4 failed (catalog 2, decode 2)",
+            "2 valid JSON",
+            "0 repaired JSON (not valid as written)",
+            "0 unreadable answers (no JSON object of attributes)",
+            "0 stopped generation",
+            "2 with notes",
+            "2 usable photos (1 not usable)",
+            "4 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "good": ("warned", [PREDICTED, BRAND]),
+            "missing": (
+                "failed photos",
+                [
+                    "status failed at decode",
+                    "decode : image 0 (img/nowhere.jpg): file not found; no usable image",
+                ],
+            ),
+            "corrupt": (
+                "failed photos",
+                ["status failed at decode", "image 0 (img/broken.jpg): corrupt or truncated image"],
+            ),
+            "partial": (
+                "photos warned",
+                ["image 1 could not be shown file not found", PREDICTED, "image 1: file not found"],
+            ),
+            "empty": (
+                "failed photos",
+                [
+                    "no photo of this item is in the run",
+                    "status failed at catalog answer none: the item failed before the student answered",
+                    "catalog : images: no images: an item needs at least one photo",
+                ],
+            ),
+            "": (
+                "failed",
+                [
+                    "catalog row without an item id (line 6)",
+                    "status failed at catalog",
+                    "catalog : not valid JSON",
+                ],
+            ),
+        },
+    ),
+    # an item whose photo file is gone after ingest: predicted again, it fails at decode, and
+    # the first run's prediction of it is not shown
+    "image-file-gone": PageCase(
+        _case_image_gone,
+        [
+            "2 items (the latest predict run's output lines)",
+            "1 predicted",
+            "1 failed (decode 1)",
+            "1 valid JSON",
+            "0 repaired JSON (not valid as written)",
+            "0 unreadable answers (no JSON object of attributes)",
+            "0 stopped generation",
+            "1 with notes",
+            "1 usable photos (1 not usable)",
+            "1 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "A": ("warned", [PREDICTED, BRAND]),
+            "B": (
+                "failed photos",
+                [
+                    "image 0 could not be shown file not found (it was there at ingest)",
+                    "status failed at decode",
+                    "decode : image 0: file not found",
+                    "No predicted attributes.",
+                ],
+            ),
+        },
+        absent={"B": [BRAND, "valid JSON"]},
+    ),
+    # a repetition-stopped answer (the real stop of the in-process student)
+    "repetition-stopped": PageCase(
+        _case_stopped,
+        [
+            "1 items (the latest predict run's output lines)",
+            "0 predicted",
+            "1 failed (parse 1)",
+            "0 valid JSON",
+            "0 repaired JSON (not valid as written)",
+            "1 unreadable answers (no JSON object of attributes)",
+            "1 stopped generation",
+            "0 with notes",
+            "1 usable photos",
+            "0 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "L": (
+                "failed stopped",
+                [
+                    "status failed at parse",
+                    "generation stopped: runaway repetition: a ",
+                    "student saw 1 image",
+                ],
+            )
+        },
+    ),
+    # a second predict run: only its results, not the first run's (A now fails, B is fixed)
+    "rerun-shows-the-latest-run": PageCase(
+        _case_rerun,
+        [
+            "2 items (the latest predict run's output lines)",
+            "1 predicted",
+            "1 failed (parse 1)",
+            "1 valid JSON",
+            "0 repaired JSON (not valid as written)",
+            "1 unreadable answers (no JSON object of attributes)",
+            "0 stopped generation",
+            "1 with notes",
+            "2 usable photos",
+            "0 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "A": ("failed", ["status failed at parse", "The answer no idea"]),
+            "B": ("warned", [PREDICTED, BRAND]),
+        },
+        absent={"A": [BRAND], "B": ["failed", "no idea"]},
+    ),
+    # a killed predict run: the items it did not finish say so
+    "killed-run": PageCase(
+        _case_killed,
+        [
+            "2 items (the latest predict run's output lines)",
+            "1 predicted",
+            "0 failed",
+            "1 not predicted yet",
+            "1 valid JSON",
+            "0 repaired JSON (not valid as written)",
+            "0 unreadable answers (no JSON object of attributes)",
+            "0 stopped generation",
+            "1 with notes",
+            "2 usable photos",
+            "0 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "A": ("warned", [PREDICTED, BRAND]),
+            "B": (
+                "pending",
+                ["not predicted yet: the latest predict run stopped before this item"],
+            ),
+        },
+    ),
+    # a labeled run, as before: teachers' columns and final, failures from the label stage
+    "label-run": PageCase(
+        _case_label_run,
+        [
+            "3 items",
+            "1 failed",
+            "1 disagree",
+            "1 without labels",
+            "0 with warnings",
+            "4 usable photos (1 not usable)",
+            "1 items with photo problems",
+            "4 boxes (fused 1, qwen 3)",
+            "1 crops",
+        ],
+        {
+            "A": (
+                "failed photos",
+                [
+                    "field gpt-4.1 final attributes.brand Acme Acme",
+                    "image 2 could not be shown file not found",
+                    "label · qwen · image 0: HTTP 500",
+                ],
+            ),
+            "B": ("disagree", ["field gpt-4.1 ref final"]),
+            "C": ("no-label", ["No final attributes."]),
+        },
+    ),
+    # a labeled run with items that never reached it: each has its section and its errors,
+    # after the stored items; a label warning is shown on its item
+    "label-run-items-never-ingested": PageCase(
+        _case_label_never_ingested,
+        [
+            "4 items (2 never reached the run)",
+            "2 failed",
+            "0 disagree",
+            "2 without labels",
+            "1 with warnings",
+            "2 usable photos",
+            "2 items with photo problems",
+            "0 boxes",
+            "0 crops",
+        ],
+        {
+            "good": ("", ["field reference final attributes.brand Acme Acme"]),
+            "flat": ("warned", ["attributes.brand Acme Acme", "label · reference: field 'brand'"]),
+            "empty": (
+                "failed no-label photos",
+                [
+                    "no photo of this item is in the run",
+                    "ingest : item empty: images: no images: an item needs at least one photo",
+                ],
+            ),
+            "missing": (
+                "failed no-label photos",
+                [
+                    "ingest : image 0 (img/nowhere.jpg): file not found",
+                    "ingest : no usable image; the item is skipped",
+                ],
+            ),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PAGE_CASES.values(), ids=PAGE_CASES.keys())
+def test_the_page_says_what_the_run_did(case: PageCase, tmp_path: Path):
+    html = case.build(tmp_path)
+    assert _header_counts(html) == case.header
+    sections = _section_texts(html)
+    assert list(sections) == list(case.sections)  # every line / item, in order
+    for key, (flags, texts) in case.sections.items():
+        got_flags, text = sections[key]
+        assert got_flags == flags, (key, text)
+        for expected in texts:
+            assert expected in text, (key, expected, text)
+        for unexpected in case.absent.get(key, []):
+            assert unexpected not in text, (key, unexpected, text)
+    assert "<script>window.__pwned" not in html  # an answer is untrusted text too
+
+
+@needs_chromium
+def test_browser_predict_page_filters_and_runs_no_answer(tmp_path: Path):
+    rows = [*_items("good", "bad"), {"item_id": "missing", "images": ["img/nowhere.jpg"]}]
+    evil = '<img src=x onerror="window.__pwned=4"><script>window.__pwned=5</script>'
+    html = _render(_served(tmp_path, rows, {"bad": evil}))
+    nonce = re.search(r'<script nonce="([^"]+)">', html).group(1)
+    # After load (an injected handler would have run by then): the failures, then the
+    # failures with photo problems, then no filter; and whether anything injected ran.
+    script = """
+    function visible() {
+      return Array.prototype.filter.call(document.querySelectorAll("section.item"),
+        function (s) { return !s.hidden; }).map(function (s) { return s.dataset.itemId; });
+    }
+    function tick(id, on) {
+      var box = document.getElementById(id);
+      box.checked = on;
+      box.dispatchEvent(new Event("change"));
+      return document.getElementById("match-info").textContent + ":" + visible();
+    }
+    window.addEventListener("load", function () {
+      var seen = [tick("only-failed", true), tick("only-photos", true), tick("only-failed", false)];
+      seen.push(tick("only-photos", false));
+      document.body.dataset.seen = seen.join("|");
+      document.body.dataset.pwned = String(window.__pwned === undefined ? "no" : window.__pwned);
+    });
+    """
+    driven = tmp_path / "driven.html"
+    driven.write_text(html.replace("</body>", f'<script nonce="{nonce}">{script}</script></body>'))
+    result = _chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom", driven.as_uri())
+    body = re.search(r"<body[^>]*>", result.stdout)
+    assert body, result.stderr[-2000:]
+    assert 'data-ready="1"' in body.group(0)
+    assert 'data-pwned="no"' in body.group(0)
+    assert (
+        'data-seen="2 of 3 items:bad,missing|1 of 3 items:missing|1 of 3 items:missing'
+        '|3 items:good,bad,missing"'
+    ) in body.group(0)

@@ -114,6 +114,37 @@ def test_failed_request_is_asked_again_and_newest_generation_wins(tmp_path):
         assert store.request_counts() == {"ok": 2}
 
 
+@pytest.mark.parametrize(
+    ("answer", "answered_after", "open_"),
+    [
+        # the same teacher answered the same item and image after the failure: settled
+        (("qwen", "A", 0), True, False),
+        # ... but before the failure (a later request failed): still open
+        (("qwen", "A", 0), False, True),
+        # another teacher answered: open
+        (("gpt", "A", 0), True, True),
+        # the same teacher answered another image: open
+        (("qwen", "A", 1), True, True),
+        # the same teacher answered another item: open
+        (("qwen", "B", 0), True, True),
+    ],
+)
+def test_open_errors_leave_out_what_a_later_answer_settled(tmp_path, answer, answered_after, open_):
+    store = RunStore(tmp_path / "run")
+    teacher, item, image = answer
+    if not answered_after:
+        store.record_answer("k", teacher, "m", item, image, "[]", {}, boxes=[])
+        time.sleep(0.01)
+    store.log_event("label", "HTTP 500", "error", "A", "qwen", 0)
+    store.log_event("ingest", "image 1: file not found", "error", "A")  # no teacher: stays
+    if answered_after:
+        time.sleep(0.01)
+        store.record_answer("k", teacher, "m", item, image, "[]", {}, boxes=[])
+    messages = [e["message"] for e in store.open_errors("A")]
+    assert messages == (["HTTP 500"] if open_ else []) + ["image 1: file not found"]
+    assert len(store.errors("A")) == 2  # the record of what happened is kept
+
+
 def test_event_logged_once_is_not_repeated_by_a_rerun(tmp_path):
     with RunStore(tmp_path) as store:
         for _ in range(3):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from toolkit.errors import CroptuneError
 
 PROMPT = "Read the printed text on the photos. Answer with one JSON object."
 STEPS = 6
+CROPTUNE = str(Path(sys.executable).parent / "croptune")
 
 
 def _rows(rng: random.Random, n: int, offset: int) -> list[dict]:
@@ -183,22 +187,22 @@ def test_overrides(tmp_path, override, field, expected):
     )
     config = load_train_config(path, [override])
     assert getattr(config, field) == expected
-    assert config.dataset == Path("data/ds")
+    assert config.dataset == tmp_path / "data" / "ds"  # relative to the config file's folder
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("lora_rank=8", "unknown training config key 'lora_rank'"),
+        ("lora_rank=8", "key 'lora_rank' in override 'lora_rank=8' (did you mean 'lora_r'?)"),
         ("sft_args=", "sft_args"),
         ("lora_r=1024", "largest --max-lora-rank is 512"),
         ("max_steps", "key=value"),
-        ("optim.name=adamw", "unknown training config key 'optim'"),
+        ("optim.name=adamw", "unknown train config key 'optim'"),
         ("lora_alpha.x=1", "only sft_args"),
     ],
 )
 def test_bad_overrides_are_user_errors(override, message):
-    with pytest.raises(CroptuneError, match=message):
+    with pytest.raises(CroptuneError, match=re.escape(message)):
         load_train_config(None, ["dataset=d", "output_dir=o", override])
 
 
@@ -245,3 +249,52 @@ def test_bad_sft_args_and_missing_dataset_are_user_errors(tiny_student, dataset_
         train(config)
     with pytest.raises(CroptuneError, match="does not exist"):
         train(config.model_copy(update={"dataset": tmp_path / "missing", "sft_args": {}}))
+
+
+# One plain line per logged loss, e.g. "train: 2/4 (50%), loss 8.5680, lr 1.50e-03,
+# 5.63 steps/s, elapsed 0:00:01, ETA 0:00:01".
+LOSS_LINE = re.compile(
+    r"train: (\d+)/4 \(\d+%\), loss (\d+\.\d{4}), lr \d\.\d\de[-+]\d\d, "
+    r"\d+\.\d\d steps/s, elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d"
+)
+# --verbose prefixes each line with its level and logger.
+LOG_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING) [\w.]+: ")
+
+
+@pytest.mark.parametrize(
+    ("flags", "dicts_shown"),
+    [
+        # the default: a line per logged loss and per evaluation, each once, no log dicts
+        ([], False),
+        # --verbose: the Trainer's full log dicts come back (debug), the lines still once each
+        pytest.param(["--verbose"], True, marks=pytest.mark.slow),
+    ],
+)
+def test_cli_train_shows_each_line_once(tiny_student, dataset_dir, tmp_path, flags, dicts_shown):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [CROPTUNE, *flags, "train", f"dataset={dataset_dir}", f"output_dir={out}",
+         "student=tiny", f"model={tiny_student}", "max_steps=4", "logging_steps=1",
+         "eval_steps=2", "per_device_train_batch_size=2", "gradient_accumulation_steps=1",
+         "gradient_checkpointing=false", "learning_rate=1e-3"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout + result.stderr  # no terminal: no carriage-return bars
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    repeated = sorted({line for line in lines if lines.count(line) > 1})
+    assert not repeated, repeated
+    messages = [LOG_PREFIX.sub("", line) for line in lines]
+    stats = json.loads((out / "adapter" / "train_stats.json").read_text())
+
+    shown = [m for m in (LOSS_LINE.fullmatch(m) for m in messages) if m]
+    assert [int(m[1]) for m in shown] == [1, 2, 3, 4]
+    assert [float(m[2]) for m in shown] == [round(loss, 4) for loss in stats["losses"]]
+    evals = [e for e in stats["log_history"] if "eval_loss" in e]
+    assert [m for m in messages if "validation loss" in m] == [
+        f"step {e['step']}/4: validation loss {e['eval_loss']:.4f}" for e in evals
+    ]
+    assert [e["step"] for e in evals] == [2, 4]  # the last step's evaluation is not redone
+    assert stats["eval_loss"] == evals[-1]["eval_loss"]
+    assert any("{'loss':" in m for m in messages) == dicts_shown
+    assert "train loss first -> last" in result.stdout

@@ -4,7 +4,51 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
+
+# Coordinate conventions a box may come in; every one is converted to pixels at the edge.
+# qwen2.5-vl: pixels of the smart-resized image a teacher was sent (teacher answers only).
+Coords = Literal["qwen2.5-vl", "norm1000", "norm1", "pixels"]
+# Those a catalog's reference boxes may declare (pixels of the oriented image by default).
+BoxConvention = Literal["pixels", "norm1", "norm1000"]
+BOX_CONVENTIONS: tuple[str, ...] = get_args(BoxConvention)
+# The coordinate range each catalog convention allows (pixels: the image's own size).
+CONVENTION_RANGE = {"norm1": 1.0, "norm1000": 1000.0}
+XYXY = tuple[float, float, float, float]
+
+
+def to_pixels(
+    xyxy: XYXY, coords: Coords, sent_wh: tuple[int, int], original_wh: tuple[int, int]
+) -> XYXY:
+    """A box in `coords` mapped to pixels of the oriented original image."""
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    width, height = original_wh
+    if coords == "norm1000":
+        sx, sy = width / 1000.0, height / 1000.0
+    elif coords == "norm1":
+        sx, sy = float(width), float(height)
+    elif coords in ("qwen2.5-vl", "pixels"):
+        sx, sy = width / sent_wh[0], height / sent_wh[1]
+    else:
+        raise ValueError(f"unknown coordinate convention {coords!r}")
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
+def from_pixels(
+    xyxy: XYXY, coords: Coords, sent_wh: tuple[int, int], original_wh: tuple[int, int]
+) -> XYXY:
+    """A box in original pixels expressed in `coords` (inverse of to_pixels)."""
+    x1, y1, x2, y2 = xyxy
+    width, height = original_wh
+    if coords == "norm1000":
+        sx, sy = 1000.0 / width, 1000.0 / height
+    elif coords == "norm1":
+        sx, sy = 1.0 / width, 1.0 / height
+    elif coords in ("qwen2.5-vl", "pixels"):
+        sx, sy = sent_wh[0] / width, sent_wh[1] / height
+    else:
+        raise ValueError(f"unknown coordinate convention {coords!r}")
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
 @dataclass(frozen=True)
@@ -65,10 +109,59 @@ class Box:
         }
 
 
+# A box may overshoot its image by this much (rounding, an inclusive x2 = width) and be
+# clipped without a word; a larger overshoot is reported where the caller asks for it.
+CLIP_TOLERANCE_PX = 0.5
+
+
+def fit_to_image(box: Box, width: int, height: int) -> tuple[Box | None, str | None]:
+    """The box clipped to a width x height image (None if dropped) and what was wrong with it.
+
+    The reason reads after "box [...] on image N (WxH)" and ends in "dropped" for a dropped
+    box; a clipped box comes with a reason too, an unremarkable one (inside, or off by
+    rounding only) with None.
+    """
+    if not all(math.isfinite(v) for v in box.xyxy):
+        return None, "has a non-finite coordinate; dropped"
+    if box.x2 < box.x1 or box.y2 < box.y1:
+        reason = "has x2<x1 or y2<y1; dropped"
+        as_xywh = replace(box, x2=box.x1 + box.x2, y2=box.y1 + box.y2)
+        if _inside(as_xywh, width, height) and as_xywh.is_valid():
+            reason += (
+                f". Read as [x, y, width, height] it is {_rounded(as_xywh.xyxy)} in xyxy: "
+                "croptune's boxes are [x1, y1, x2, y2]"
+            )
+        return None, reason
+    if box.x2 == box.x1 or box.y2 == box.y1:
+        return None, "has zero area (x1 == x2 or y1 == y2); dropped"
+    clipped = box.clip(width, height)
+    if not clipped.is_valid():
+        return None, "lies outside the image; dropped"
+    overshoot = max(-box.x1, -box.y1, box.x2 - width, box.y2 - height)
+    if overshoot <= CLIP_TOLERANCE_PX:
+        return clipped, None
+    outside = 1.0 - clipped.area / box.area
+    return clipped, (
+        f"is partly outside the image: clipped to {_rounded(clipped.xyxy)} "
+        f"({outside:.0%} of its area was outside)"
+    )
+
+
+def _inside(box: Box, width: int, height: int) -> bool:
+    return box.x1 >= 0 and box.y1 >= 0 and box.x2 <= width and box.y2 <= height
+
+
+def _rounded(xyxy: tuple[float, ...]) -> list[float]:
+    return [round(v, 2) for v in xyxy]
+
+
 def clean_boxes(
-    boxes: list[Box], image_sizes: dict[int, tuple[int, int]]
+    boxes: list[Box], image_sizes: dict[int, tuple[int, int]], report_clipped: bool = False
 ) -> tuple[list[Box], list[str]]:
-    """Boxes clipped to their image, with empty/NaN/unknown-image ones dropped and said why."""
+    """Boxes clipped to their image, with empty/NaN/unknown-image ones dropped and said why.
+
+    report_clipped: also say so for each box clipped by more than CLIP_TOLERANCE_PX.
+    """
     kept: list[Box] = []
     problems: list[str] = []
     for box in boxes:
@@ -77,21 +170,13 @@ def clean_boxes(
                 f"box {list(box.xyxy)} refers to image {box.image}, which is not usable"
             )
             continue
-        if not all(math.isfinite(v) for v in box.xyxy):
-            problems.append(f"box on image {box.image} has a non-finite coordinate; dropped")
-            continue
-        if box.x2 < box.x1 or box.y2 < box.y1:
-            problems.append(
-                f"box {list(box.xyxy)} on image {box.image} has x2<x1 or y2<y1; dropped"
-            )
-            continue
         width, height = image_sizes[box.image]
-        clipped = box.clip(width, height)
-        if not clipped.is_valid():
-            problems.append(
-                f"box {list(box.xyxy)} on image {box.image} ({width}x{height}) is empty "
-                "or outside the image; dropped"
-            )
+        fitted, reason = fit_to_image(box, width, height)
+        prefix = f"box {list(box.xyxy)} on image {box.image} ({width}x{height})"
+        if fitted is None:
+            problems.append(f"{prefix} {reason}")
             continue
-        kept.append(clipped)
+        if reason is not None and report_clipped:
+            problems.append(f"{prefix} {reason}")
+        kept.append(fitted)
     return kept, problems

@@ -6,16 +6,24 @@ import csv
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from toolkit.boxes import Box, clean_boxes
+from toolkit.boxes import (
+    BOX_CONVENTIONS,
+    CONVENTION_RANGE,
+    Box,
+    BoxConvention,
+    fit_to_image,
+    to_pixels,
+)
 from toolkit.errors import CroptuneError
 from toolkit.images import (
     DEFAULT_MAX_PIXELS,
@@ -26,6 +34,7 @@ from toolkit.images import (
     load_image,
     read_image_bytes,
 )
+from toolkit.schema import AttributeSchema
 from toolkit.store import ImageRow, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
@@ -34,12 +43,14 @@ CSV_IMAGE_SEPARATOR = "|"
 
 
 class CatalogBox(BaseModel):
-    """A reference box: image index and pixel xyxy of the oriented image."""
+    """A reference box: image index and xyxy in the catalog's box_convention (default pixels)."""
 
     model_config = ConfigDict(extra="ignore")
 
     image: int = Field(ge=0, description="Index into the item's images")
-    xyxy: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in pixels")
+    xyxy: tuple[float, float, float, float] = Field(
+        description="x1, y1, x2, y2 of the oriented image, in the catalog's box_convention"
+    )
     label: str = Field("", description="What the region holds, e.g. 'barcode'")
 
 
@@ -100,10 +111,16 @@ def _json_field(text: str) -> Any:
 
 @dataclass(frozen=True)
 class Problem:
-    """Something wrong with one catalog item (or row, when it has no usable id)."""
+    """Something wrong with one catalog item (or row, when it has no usable id).
+
+    level: "error" when something is left out (an item, image, box or field) or is probably
+    wrong (a box in another convention); "warning" when it is kept but changed (a box
+    clipped to its image, a flat attribute placed in its group).
+    """
 
     where: str
     message: str
+    level: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
@@ -118,6 +135,7 @@ class Catalog:
     items: list[CatalogItem]
     problems: list[Problem] = field(default_factory=list)
     refused: int = 0  # records left out while loading: invalid, duplicate id, escaping path
+    box_convention: BoxConvention = "pixels"  # of the reference boxes; converted at inspect
 
     def resolve(self, item: CatalogItem, reference: str) -> str:
         """An absolute path (or the URL) for one of an item's image references."""
@@ -131,15 +149,33 @@ def catalog_root(path: Path) -> Path:
     return path.resolve() if path.is_dir() else path.resolve().parent
 
 
-def load_catalog(path: Path | str, allow_outside: bool = False) -> Catalog:
-    """Parse and validate a catalog; bad rows become Problems, the rest load."""
+def load_catalog(
+    path: Path | str,
+    allow_outside: bool = False,
+    box_convention: BoxConvention = "pixels",
+    columns: dict[str, str] | None = None,
+) -> Catalog:
+    """Parse and validate a catalog; bad rows become Problems, the rest load.
+
+    box_convention: how the reference boxes are given (pixels, norm1, norm1000).
+    columns: catalog field -> the catalog's own column/field name, e.g. {"item_id": "id"}.
+    """
     path = Path(path)
     if not path.exists():
         raise CroptuneError(f"catalog {path} does not exist")
+    if box_convention not in BOX_CONVENTIONS:
+        raise CroptuneError(
+            f"unknown box convention {box_convention!r}; use one of {', '.join(BOX_CONVENTIONS)}"
+        )
+    columns = _checked_mapping(columns or {})
     root = catalog_root(path)
-    catalog = Catalog(path=path, root=root, items=[])
+    catalog = Catalog(path=path, root=root, items=[], box_convention=box_convention)
     seen: set[str] = set()
-    for where, record in _records(path):
+    fields_seen: set[str] = set()  # JSON Lines: every field name any record has
+    for where, raw in _records(path, columns):
+        if isinstance(raw, dict):
+            fields_seen.update(raw)
+        record = _renamed(raw, columns)
         item = _validate_record(where, record, catalog.problems)
         if item is None:
             catalog.refused += 1
@@ -157,7 +193,97 @@ def load_catalog(path: Path | str, allow_outside: bool = False) -> Catalog:
             catalog.refused += 1
             continue
         catalog.items.append(item)
+    if _is_json_lines(path) and fields_seen:
+        # Fields no record has are a naming matter: said once, not once per line.
+        _check_fields(path, sorted(fields_seen), columns, "fields")
     return catalog
+
+
+def parse_column_mapping(pairs: list[str]) -> dict[str, str]:
+    """FIELD=COLUMN pairs (`--column item_id=id`) as {catalog field: the catalog's column}."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        target, sep, source = pair.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise CroptuneError(
+                f"--column {pair!r}: give FIELD=COLUMN, e.g. --column item_id=id "
+                "(FIELD is croptune's name, COLUMN the catalog's)"
+            )
+        mapping[target.strip()] = source.strip()
+    return _checked_mapping(mapping)
+
+
+def _checked_mapping(columns: dict[str, str]) -> dict[str, str]:
+    known = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)
+    unknown = [target for target in columns if target not in known]
+    if unknown:
+        raise CroptuneError(
+            f"column mapping: {', '.join(map(repr, unknown))} is not a catalog field; "
+            f"map onto {', '.join(known)}"
+        )
+    sources = list(columns.values())
+    repeated = sorted({s for s in sources if sources.count(s) > 1})
+    if repeated:
+        raise CroptuneError(
+            f"column mapping: column {', '.join(map(repr, repeated))} is mapped to two fields"
+        )
+    return dict(columns)
+
+
+def _renamed(record: Any, columns: dict[str, str]) -> Any:
+    """A record with its mapped columns under croptune's field names (the mapped one wins)."""
+    if not columns or not isinstance(record, dict):
+        return record
+    sources = set(columns.values())
+    renamed = {k: v for k, v in record.items() if k not in sources}
+    for target, source in columns.items():
+        if source in record:
+            renamed[target] = record[source]
+    return renamed
+
+
+def _check_fields(path: Path, found: list[str], columns: dict[str, str], noun: str) -> None:
+    """One error for a whole catalog whose columns lack a required field or a mapped column."""
+    absent = [f"{target}={source}" for target, source in columns.items() if source not in found]
+    named = {target for target, source in columns.items() if source in found}
+    named |= {name for name in found if name not in columns.values()}
+    missing = [name for name in REQUIRED_FIELDS if name not in named]
+    if not missing and not absent:
+        return
+    shown = ",".join(found) or "(none)"
+    if absent:
+        raise CroptuneError(
+            f"catalog {path}: column mapping {' '.join(absent)} names {noun} the catalog does "
+            f"not have; found {noun} {shown}"
+        )
+    guesses = {name: _guess_column(name, found) or "COLUMN" for name in missing}
+    flags = " ".join(f"--column {name}={column}" for name, column in guesses.items())
+    mapping = ", ".join(f"{name}: {column}" for name, column in guesses.items())
+    raise CroptuneError(
+        f"catalog {path}: found {noun} {shown}; expected {','.join(REQUIRED_FIELDS)} "
+        f"(missing: {', '.join(missing)}), optionally {','.join(OPTIONAL_FIELDS)}. "
+        f"Rename them, or map yours: {flags} on `croptune catalog validate`, "
+        f"columns: {{{mapping}}} in the label config (images: a list of photo paths, or "
+        "paths joined by '|')"
+    )
+
+
+# Names catalogs commonly use for the two required fields, tried in order by _guess_column.
+_COLUMN_HINTS = {
+    "item_id": ("id", "sku", "item", "itemid", "product_id", "listing_id", "uid", "key"),
+    "images": ("image_paths", "image", "image_urls", "photos", "photo", "pictures", "paths"),
+}
+_COLUMN_WORDS = {"item_id": ("id",), "images": ("image", "photo", "img", "picture")}
+
+
+def _guess_column(target: str, found: list[str]) -> str | None:
+    """The one found column that looks like `target`, for the message's example mapping."""
+    lowered = {name.lower(): name for name in found}
+    for hint in _COLUMN_HINTS.get(target, ()):
+        if hint in lowered:
+            return lowered[hint]
+    likely = [n for n in found if any(w in n.lower() for w in _COLUMN_WORDS.get(target, ()))]
+    return likely[0] if len(likely) == 1 else None
 
 
 def _validate_record(where: str, record: Any, problems: list[Problem]) -> CatalogItem | None:
@@ -251,26 +377,36 @@ def _check_item(
     return ok
 
 
-def item_fingerprint(item: CatalogItem, resolved_images: list[str]) -> str:
+def item_fingerprint(
+    item: CatalogItem, resolved_images: list[str], box_convention: str = "pixels"
+) -> str:
     """A hash of everything ingest reads from an item (changes force a re-ingest)."""
-    blob = json.dumps(
-        [item.model_dump(mode="json"), resolved_images], sort_keys=True, ensure_ascii=False
-    )
+    parts: list[Any] = [item.model_dump(mode="json"), resolved_images]
+    if box_convention != "pixels":  # pixels leaves earlier runs' fingerprints as they were
+        parts.append(box_convention)
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, raw record) pairs from any supported catalog format."""
+def _is_json_lines(path: Path) -> bool:
+    return not path.is_dir() and path.suffix.lower() in {".jsonl", ".ndjson", ".json"}
+
+
+def _records(path: Path, columns: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    """(where, raw record) pairs from any supported catalog format, in its own field names.
+
+    Formats with a header (CSV, Parquet, datasets) have it checked against `columns` first.
+    """
     if path.is_dir():
-        yield from _dataset_records(path)
+        yield from _dataset_records(path, columns)
         return
     suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".ndjson", ".json"}:
+    if _is_json_lines(path):
         yield from _jsonl_records(path)
     elif suffix == ".csv":
-        yield from _csv_records(path)
+        yield from _csv_records(path, columns)
     elif suffix in {".parquet", ".pq"}:
-        yield from _parquet_records(path)
+        yield from _parquet_records(path, columns)
     else:
         raise CroptuneError(
             f"catalog {path}: unknown format {suffix!r}; use .jsonl, .csv, .parquet "
@@ -312,34 +448,28 @@ def _is_json_array(handle: Any) -> bool:
     return isinstance(whole, list)
 
 
-def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
+def _csv_records(path: Path, columns: dict[str, str]) -> Iterator[tuple[str, Any]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        columns = [c for c in reader.fieldnames or [] if c]
-        missing = [name for name in REQUIRED_FIELDS if name not in columns]
-        if missing:  # a header problem, said once rather than once per row
-            raise CroptuneError(
-                f"catalog {path}: found columns {','.join(columns) or '(none)'}; expected "
-                f"{','.join(REQUIRED_FIELDS)} (missing: {', '.join(missing)}), optionally "
-                f"{','.join(OPTIONAL_FIELDS)}. Rename the header's columns to these names "
-                "(images: photo paths joined by '|')"
-            )
+        # A header problem, said once rather than once per row.
+        _check_fields(path, [c for c in reader.fieldnames or [] if c], columns, "columns")
         for number, row in enumerate(reader, start=2):
             yield f"row {number}", {k: v for k, v in row.items() if k is not None and v != ""}
 
 
-def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+def _parquet_records(path: Path, columns: dict[str, str]) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise CroptuneError(f"catalog {path} is not a readable Parquet file: {exc}") from exc
+    _check_fields(path, list(table.column_names), columns, "columns")
     for number, row in enumerate(table.to_pylist(), start=1):
         yield f"row {number}", _drop_nulls(row)
 
 
-def _dataset_records(path: Path) -> Iterator[tuple[str, Any]]:
+def _dataset_records(path: Path, columns: dict[str, str]) -> Iterator[tuple[str, Any]]:
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
@@ -351,6 +481,7 @@ def _dataset_records(path: Path) -> Iterator[tuple[str, Any]]:
     splits = loaded.items() if isinstance(loaded, DatasetDict) else [("", loaded)]
     for split, dataset in splits:
         assert isinstance(dataset, Dataset)
+        _check_fields(path, list(dataset.column_names), columns, "columns")
         for number, row in enumerate(dataset, start=1):
             where = f"{split} row {number}" if split else f"row {number}"
             yield where, _drop_nulls(dict(row))
@@ -378,6 +509,7 @@ class InspectedItem:
     images: list[ImageRow]
     boxes: list[Box]
     problems: list[Problem]
+    converted: int = 0  # reference boxes converted from the catalog's box_convention to pixels
 
     @property
     def usable(self) -> bool:
@@ -403,18 +535,128 @@ def inspect_item(
             continue
         width, height = loaded.size
         rows.append(ImageRow(item.item_id, index, uri, loaded.sha256, width, height, None, stat))
+        # Kept, but the pixels used are not the file's: said once per image (a warning).
+        problems += [
+            Problem(where, f"image {index} ({reference}): {change}", "warning")
+            for change in loaded.conversions
+        ]
     sizes = {r.index: (r.width, r.height) for r in rows if r.usable}
     # Boxes whose index is past the item's images were already reported by load_catalog.
-    raw = [
-        Box(b.image, *b.xyxy, label=b.label, source="reference")
-        for b in item.boxes
-        if b.image < len(item.images)
-    ]
-    boxes, box_problems = clean_boxes(raw, sizes)  # type: ignore[arg-type]
-    problems += [Problem(where, f"reference {message}") for message in box_problems]
+    boxes: list[Box] = []
+    converted = 0
+    for box in item.boxes:
+        if box.image >= len(item.images):
+            continue
+        kept, message, level = check_reference_box(
+            box,
+            sizes,  # type: ignore[arg-type]  # usable rows have a width and height
+            catalog.box_convention,
+        )
+        if message is not None:
+            problems.append(Problem(where, message, level))
+        if kept is not None:
+            boxes.append(kept)
+            converted += catalog.box_convention != "pixels"
     if not sizes:
         problems.append(Problem(where, "no usable image; the item is skipped"))
-    return InspectedItem(item=item, images=rows, boxes=boxes, problems=problems)
+    return InspectedItem(item, rows, boxes, problems, converted)
+
+
+# An image at least this large (in square pixels) cannot hold a meaningful box of under
+# one square pixel: such a box is a convention mistake (0..1 fractions read as pixels).
+TINY_BOX_MIN_IMAGE_AREA = 32 * 32
+# A box sticking out of its image by more than this fraction of the image's side, that
+# another convention would fit, is probably in that convention: an error, not a clip.
+SUSPECT_OVERSHOOT = 0.02
+_CONVENTION_WORDS = {
+    "pixels": "pixels of the oriented image",
+    "norm1": "0..1 fractions of the image",
+    "norm1000": "0..1000 per axis, Qwen style",
+}
+
+
+def check_reference_box(
+    box: CatalogBox, image_sizes: dict[int, tuple[int, int]], convention: BoxConvention
+) -> tuple[Box | None, str | None, Literal["error", "warning"]]:
+    """A reference box in pixels (None if dropped), what is implausible about it, its level.
+
+    The one check of reference boxes: `catalog validate` and ingest (`label`) both run it.
+    It converts from the catalog's convention, drops boxes that are non-finite, misordered,
+    empty, under one pixel or outside their image, and clips (and reports) boxes partly
+    outside; a box that another convention would fit says which (an error).
+    """
+    named = f"reference box {list(box.xyxy)}"
+    if box.image not in image_sizes:
+        return None, f"{named} refers to image {box.image}, which is not usable", "error"
+    width, height = image_sizes[box.image]
+    raw = Box(box.image, *box.xyxy, label=box.label, source="reference")
+    pixels = raw
+    if convention != "pixels" and all(math.isfinite(v) for v in raw.xyxy):
+        # Rounded to 1e-4 px: 0.1 * 600 is 60.00000000000001, a float artefact, not a position.
+        xyxy = tuple(
+            round(v, 4) for v in to_pixels(raw.xyxy, convention, (width, height), (width, height))
+        )
+        pixels = Box(box.image, *xyxy, label=box.label, source="reference")
+        named += f" ({convention}; {[round(v, 2) for v in xyxy]} in pixels)"
+    named += f" on image {box.image} ({width}x{height})"
+    if pixels.is_valid() and pixels.area < 1.0 and width * height >= TINY_BOX_MIN_IMAGE_AREA:
+        what = (
+            "has every coordinate <= 1: as pixels, a box under one pixel in size; dropped"
+            if convention == "pixels" and max(raw.xyxy) <= 1.0
+            else f"is under one pixel in size as {convention}; dropped"
+        )
+        return None, f"{named} {what}{_convention_hint(raw, convention, width, height)}", "error"
+    fitted, reason = fit_to_image(pixels, width, height)
+    if reason is None:
+        return fitted, None, "warning"
+    overshoot = max(
+        -pixels.x1 / width,
+        -pixels.y1 / height,
+        (pixels.x2 - width) / width,
+        (pixels.y2 - height) / height,
+    )
+    suspect = fitted is None or overshoot > SUSPECT_OVERSHOOT
+    hint = _convention_hint(raw, convention, width, height) if suspect else ""
+    level: Literal["error", "warning"] = "error" if fitted is None or hint else "warning"
+    return fitted, f"{named} {reason}{hint}", level
+
+
+def _convention_hint(raw: Box, declared: str, width: int, height: int) -> str:
+    """'. It fits the image read as ...' naming the other conventions that fit the box."""
+    if not raw.is_valid():
+        return ""
+    fits = []
+    for candidate in ("norm1", "pixels", "norm1000"):  # the likelier reading first
+        if candidate == declared:
+            continue
+        limit_x = CONVENTION_RANGE.get(candidate, float(width))
+        limit_y = CONVENTION_RANGE.get(candidate, float(height))
+        if raw.x1 < 0 or raw.y1 < 0 or raw.x2 > limit_x or raw.y2 > limit_y:
+            continue
+        size = (width, height)
+        pixels = to_pixels(raw.xyxy, candidate, size, size)  # type: ignore[arg-type]
+        if (pixels[2] - pixels[0]) * (pixels[3] - pixels[1]) >= 1.0:
+            fits.append(candidate)
+    if not fits:
+        return ""
+    readings = " or as ".join(f"{c} ({_CONVENTION_WORDS[c]})" for c in fits)
+    return (
+        f". It fits the image read as {readings}: if that is the catalog's convention, declare "
+        f"it: box_convention: {fits[0]} in the label config, --box-convention {fits[0]} on "
+        "`croptune catalog validate`"
+    )
+
+
+def attribute_problems(item: CatalogItem, schema: AttributeSchema) -> list[Problem]:
+    """What labeling would change in an item's reference attributes under a schema."""
+    if not item.attributes:
+        return []
+    moved, dropped = schema.check(item.attributes)
+    where = f"item {item.item_id}"
+    return [
+        *(Problem(where, f"reference attributes: {note}", "warning") for note in moved),
+        *(Problem(where, f"reference attributes: {note}") for note in dropped),
+    ]
 
 
 @dataclass
@@ -425,6 +667,8 @@ class IngestSummary:
     unchanged: int = 0
     dropped: int = 0
     problems: list[Problem] = field(default_factory=list)
+    box_convention: BoxConvention = "pixels"
+    converted: int = 0  # reference boxes converted from box_convention to pixels
 
 
 def ingest_catalog(
@@ -438,21 +682,28 @@ def ingest_catalog(
     from toolkit.progress import track
 
     # Records the catalog refused count as dropped too: the summary covers every line read.
-    summary = IngestSummary(dropped=catalog.refused, problems=list(catalog.problems))
+    summary = IngestSummary(
+        dropped=catalog.refused,
+        problems=list(catalog.problems),
+        box_convention=catalog.box_convention,
+    )
     for problem in catalog.problems:
         # A catalog problem is met again on every re-run; record it once.
         store.log_event("ingest", str(problem), item_id=_problem_item(problem), once=True)
     items = catalog.items[:limit] if limit is not None else catalog.items
     for position, item in enumerate(track(items, "ingest", progress)):
         resolved = [catalog.resolve(item, ref) for ref in item.images]
-        fingerprint = item_fingerprint(item, resolved)
+        fingerprint = item_fingerprint(item, resolved, catalog.box_convention)
         if store.item_fingerprint(item.item_id) == fingerprint:
             summary.unchanged += 1
             continue
         inspected = inspect_item(catalog, item, max_pixels)
         summary.problems += inspected.problems
+        summary.converted += inspected.converted
         for problem in inspected.problems:
-            store.log_event("ingest", problem.message, item_id=item.item_id, once=True)
+            store.log_event(
+                "ingest", problem.message, problem.level, item_id=item.item_id, once=True
+            )
         if not inspected.usable:
             summary.dropped += 1
             continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -34,6 +33,39 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(detector_app, name="detector")
 
 logger = logging.getLogger("croptune")
+
+# Commands that read a stage config take `key=value` (or `--key=value`) overrides after it.
+_OVERRIDABLE = {"ignore_unknown_options": True}
+
+
+_OVERRIDE_EXAMPLES = {
+    "label": "fusion.policy=union teachers.0.max_concurrency=8",
+    "crop": "margin=0.2 fill=[0,0,0]",
+    "dataset": "test_ratio=0.1 image_tokens=16",
+    "train": "max_steps=200 sft_args.weight_decay=0.1",
+    "detector": "epochs=5 conf=0.3",
+}
+
+
+def _overrides_argument(stage: str) -> Any:
+    """The trailing KEY=VALUE arguments of a command that reads a stage config."""
+    return typer.Argument(
+        None,
+        metavar="KEY=VALUE",
+        help=f"Overrides of the {stage} config, e.g. {_OVERRIDE_EXAMPLES[stage]} (dotted keys "
+        f"reach nested ones; --key=value works too). `croptune config show {stage}` lists "
+        "every key.",
+        show_default=False,
+    )
+
+
+def _overrides_epilog(stage: str) -> str:
+    return (
+        f"Overrides: KEY=VALUE arguments override the {stage} config's keys (YAML values; a "
+        f"misspelt key is named with the closest one, exit 1). Every key with its type, default "
+        f"and help: croptune config show {stage}. Relative paths in a config file are resolved "
+        f"against the file's folder, those in overrides against the current directory."
+    )
 
 
 class _State:
@@ -76,9 +108,18 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and full tracebacks."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Debug logs, full tracebacks, and the third-party output croptune hides "
+        "(warnings, ultralytics' banner and tables).",
+    ),
     progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="Progress bars on long work (on stderr)."
+        True,
+        "--progress/--no-progress",
+        help="A progress bar per long stage on a terminal (stderr); --no-progress, or no "
+        "terminal: plain lines instead.",
     ),
     show_version: bool = typer.Option(
         False,
@@ -88,18 +129,11 @@ def _options(
         callback=_print_version,
     ),
 ) -> None:
+    from toolkit.noise import configure_output
+
     _State.verbose = verbose
-    _State.progress = progress and sys.stderr.isatty()
-    if not _State.progress:
-        # Read by huggingface_hub/transformers and datasets when they are (lazily) imported.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    logging.basicConfig(
-        level=logging.WARNING,  # third-party debug logs may carry request headers: never shown
-        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
-    )
-    for package in ("toolkit", "teacher_labeling", "finetune"):
-        logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+    _State.progress = True  # every long stage reports: a bar on a terminal, else plain lines
+    configure_output(verbose=verbose, bars=progress and sys.stderr.isatty())
 
 
 @app.command()
@@ -125,27 +159,82 @@ def catalog_validate(
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths", help="Accept image paths that leave the catalog folder."
     ),
+    box_convention: str | None = typer.Option(
+        None,
+        "--box-convention",
+        help="How the reference boxes are given: pixels (default), norm1 (0..1 fractions of "
+        "the image) or norm1000 (0..1000 per axis); the label config's box_convention.",
+    ),
+    column: list[str] = typer.Option(
+        None,
+        "--column",
+        metavar="FIELD=COLUMN",
+        help="Read croptune's FIELD from the catalog's COLUMN, e.g. --column item_id=id "
+        "(repeatable); the label config's columns.",
+    ),
+    schema: str | None = typer.Option(
+        None,
+        "--schema",
+        help="Schema to check reference attributes against: a built-in name or a YAML/JSON "
+        "file (default: the --config's, else compliance).",
+    ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A label config: validate with its schema, box_convention, columns and "
+        "allow_outside_paths, as `croptune label` will (the flags above override it).",
+    ),
 ) -> None:
-    """Report every problem of a catalog (exit 1 if any)."""
-    from toolkit.catalog import inspect_item, load_catalog
+    """Report every problem of a catalog (exit 1 if anything would be left out)."""
+    from toolkit.catalog import (
+        attribute_problems,
+        inspect_item,
+        load_catalog,
+        parse_column_mapping,
+    )
     from toolkit.progress import track
+    from toolkit.schema import load_schema
 
-    loaded = load_catalog(catalog, allow_outside=allow_outside_paths)
+    options: dict[str, Any] = {"allow_outside": False, "box_convention": "pixels", "columns": {}}
+    schema_name = "compliance"
+    if config is not None:
+        from teacher_labeling.teachers import load_label_config
+
+        label_config = load_label_config(config)
+        options = {
+            "allow_outside": label_config.allow_outside_paths,
+            "box_convention": label_config.box_convention,
+            "columns": dict(label_config.columns),
+        }
+        schema_name = label_config.schema_
+    options["allow_outside"] |= allow_outside_paths
+    options["box_convention"] = box_convention or options["box_convention"]
+    options["columns"].update(parse_column_mapping(column or []))
+    attribute_schema = load_schema(schema or schema_name)
+    loaded = load_catalog(catalog, **options)
     problems = list(loaded.problems)
-    images = 0
+    images = converted = 0
     for item in track(loaded.items, "validate", _State.progress):
         inspected = inspect_item(loaded, item)
-        problems += inspected.problems
+        problems += inspected.problems + attribute_problems(item, attribute_schema)
         images += len(inspected.images)
+        converted += inspected.converted
     for problem in problems:
         typer.echo(str(problem))
-    if problems:
-        typer.echo(f"{len(problems)} problem(s) in {catalog}", err=True)
+    errors = sum(1 for p in problems if p.level == "error")
+    warnings = len(problems) - errors
+    found = f"{len(loaded.items)} items, {images} images"
+    if loaded.box_convention != "pixels":
+        found += f", {converted} reference box(es) converted from {loaded.box_convention} to pixels"
+    if errors:
+        also = f" and {warnings} warning(s)" if warnings else ""
+        typer.echo(f"{errors} problem(s){also} in {catalog} ({found})", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{catalog}: {len(loaded.items)} items, {images} images, no problems")
+    kept = f", {warnings} warning(s) above (kept, changed as said)" if warnings else ""
+    typer.echo(f"{catalog}: {found}, no problems{kept}")
 
 
-@app.command()
+@app.command(context_settings=_OVERRIDABLE, epilog=_overrides_epilog("label"))
 def label(
     catalog: Path = typer.Argument(..., help="The catalog to label."),
     config: Path = typer.Option(..., "--config", help="Label config YAML (teachers, schema)."),
@@ -163,21 +252,28 @@ def label(
         help="Accept image paths that leave the catalog folder (the config's "
         "allow_outside_paths: true).",
     ),
+    overrides: list[str] = _overrides_argument("label"),
 ) -> None:
     """Ingest a catalog and label it with teacher models (resumable)."""
     from teacher_labeling.teachers import load_label_config
     from toolkit.pipeline import run_label
 
-    label_config = load_label_config(config)
+    label_config = load_label_config(config, overrides or [])
     if allow_outside_paths:
         label_config = label_config.model_copy(update={"allow_outside_paths": True})
     ingest, result = run_label(catalog, label_config, run, limit, dry_run, _State.progress, batch)
-    for problem in ingest.problems:
-        typer.echo(str(problem), err=True)
+    _print_catalog_problems(ingest.problems, run)
     rows = [
         ("items ingested", f"{ingest.stored} new/changed, {ingest.unchanged} unchanged"),
         ("items dropped", str(ingest.dropped)),
     ]
+    if ingest.box_convention != "pixels":
+        rows.append(
+            (
+                f"reference boxes converted ({ingest.box_convention} -> pixels)",
+                str(ingest.converted),
+            )
+        )
     if dry_run:
         _table(f"croptune label --dry-run ({run})", rows + _pending_rows(result))
         return
@@ -185,12 +281,31 @@ def label(
     _report_label_run(result, run, "label")
 
 
-def _print_by_cause(what: str, by_cause: dict[str, list[str]], run: Path) -> None:
+# Up to this many catalog problems are printed one a line; more are grouped by cause.
+CATALOG_PROBLEMS_SHOWN = 20
+
+
+def _print_catalog_problems(problems: list[Any], run: Path) -> None:
+    """Each catalog problem on its own line, or grouped by cause when there are many."""
+    if len(problems) <= CATALOG_PROBLEMS_SHOWN:
+        for problem in problems:
+            typer.echo(str(problem), err=True)
+        return
+    from toolkit.messages import group_by_cause
+
+    pairs = [(p.where.removeprefix("item "), p.message) for p in problems]
+    _print_by_cause("catalog problem(s)", group_by_cause(pairs), run)
+
+
+def _print_by_cause(
+    what: str, by_cause: dict[str, list[str]], run: Path, kept_in: str | None = None
+) -> None:
     """One line per cause (of failures, or of what was dropped, moved or clipped): count, ids."""
     if not by_cause:
         return
     total = sum(len(ids) for ids in by_cause.values())
-    typer.echo(f"{total} {what}, by cause (each one is in {run}/run.sqlite, events):", err=True)
+    kept_in = kept_in or f"{run}/run.sqlite, events"
+    typer.echo(f"{total} {what}, by cause (each one is in {kept_in}):", err=True)
     for cause, ids in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
         unique = sorted(set(ids))
         shown = ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
@@ -256,19 +371,19 @@ def _report_label_run(result: Any, run: Path, stage: str) -> None:
         )
 
 
-@app.command()
+@app.command(context_settings=_OVERRIDABLE, epilog=_overrides_epilog("crop"))
 def crop(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     config: Path | None = typer.Option(None, "--config", help="Crop config YAML."),
     workers: int = typer.Option(1, "--workers", min=1, help="Threads cutting crops."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides of the crop config."),
+    overrides: list[str] = _overrides_argument("crop"),
 ) -> None:
     """Cut targeted crops of each image's boxes (the paper's enclosing squares by default)."""
     from toolkit.config import load_stage_config
     from toolkit.crops import CropConfig
     from toolkit.pipeline import distribution, run_crop
 
-    crop_config = load_stage_config(CropConfig, config, overrides or [])
+    crop_config = load_stage_config(CropConfig, config, overrides or [], stage="crop")
     summary = run_crop(run, crop_config, _State.progress, workers)
     for error in summary.errors:
         typer.echo(error, err=True)
@@ -300,19 +415,21 @@ def crop(
     )
 
 
-@app.command()
+@app.command(context_settings=_OVERRIDABLE, epilog=_overrides_epilog("label"))
 def relabel(
     run: Path = typer.Option(..., "--run", help="A labeled and cropped run folder."),
     config: Path = typer.Option(..., "--config", help="Label config YAML."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Estimate requests, tokens and cost; send nothing."
     ),
+    overrides: list[str] = _overrides_argument("label"),
 ) -> None:
     """Better labels: ask the attributes teachers again with originals + crops."""
     from teacher_labeling.teachers import load_label_config
     from toolkit.pipeline import run_relabel
 
-    result = run_relabel(run, load_label_config(config), dry_run, _State.progress)
+    label_config = load_label_config(config, overrides or [])
+    result = run_relabel(run, label_config, dry_run, _State.progress)
     if dry_run:
         _table(f"croptune relabel --dry-run ({run})", _pending_rows(result))
         return
@@ -325,9 +442,20 @@ def labels_export(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     format: str = typer.Option("jsonl", "--format", help="jsonl | coco | yolo"),
     out: Path = typer.Option(..., "--out", help="Output file (jsonl) or folder (coco, yolo)."),
+    dataset_config: Path | None = typer.Option(
+        None,
+        "--dataset-config",
+        help="yolo: the dataset config of `dataset build` (e.g. DATASET/dataset_config.yaml); "
+        "its validation_ratio, test_ratio and seed split the items as the dataset does.",
+    ),
+    overrides: list[str] = typer.Argument(
+        None, help="yolo: key=value overrides of the split (validation_ratio, test_ratio, seed)."
+    ),
 ) -> None:
     """Write labels, boxes and crops as JSONL, or boxes as a COCO/YOLO dataset."""
     from toolkit import export
+    from toolkit.config import load_stage_config
+    from toolkit.dataset import SPLIT_KEYS, DatasetConfig
     from toolkit.store import RunStore
 
     writers = {
@@ -337,8 +465,17 @@ def labels_export(
     }
     if format not in writers:
         raise CroptuneError(f"unknown export format {format!r}; use jsonl, coco or yolo")
+    options: dict[str, Any] = {}
+    if format == "yolo":
+        split = load_stage_config(DatasetConfig, dataset_config, overrides or [], "dataset")
+        options = {key: getattr(split, key) for key in SPLIT_KEYS}
+    elif dataset_config is not None or overrides:
+        raise CroptuneError(
+            f"--dataset-config and key=value split settings apply to --format yolo only "
+            f"(a {format} export is not split)"
+        )
     with RunStore(run, create=False) as store:
-        result = writers[format](store, out)
+        result = writers[format](store, out, **options)
     if isinstance(result, int):
         typer.echo(f"{result} items written to {out}")
         return
@@ -348,15 +485,46 @@ def labels_export(
         f"{result.images} images, {result.boxes} boxes, {len(result.classes)} classes "
         f"written to {out} ({format})"
     )
+    for line in _detection_export_lines(result):
+        typer.echo(line)
+
+
+def _detection_export_lines(result: Any) -> list[str]:
+    """What a COCO/YOLO export merged and how it split the items, as lines to print."""
+    lines = []
+    if result.shared_photos:
+        lines.append(
+            f"{result.shared_photos} photos are shown by several items: each written once, "
+            "with the boxes of all its items"
+        )
+    if result.merged_boxes:
+        lines.append(f"{result.merged_boxes} identical boxes on the same photo written once")
+    if not result.split_settings:
+        return lines
+    settings = ", ".join(f"{k} {v}" for k, v in result.split_settings.items())
+    counts = result.split_counts()
+    parts = [
+        f"{name} {c['items']} items, {c['images']} images, {c['boxes']} boxes"
+        for name, c in counts.items()
+    ]
+    lines.append(f"split by item as `dataset build` splits ({settings}): " + "; ".join(parts))
+    if "validation" not in counts:
+        lines.append(
+            "no validation split (too few items or validation_ratio 0): data.yaml has no "
+            "val, which ultralytics needs to train; raise validation_ratio or add items"
+        )
+    return lines
 
 
 @app.command()
 def report(
-    run: Path = typer.Option(..., "--run", help="A labeled run folder."),
+    run: Path = typer.Option(
+        ..., "--run", help="A labeled run folder, or a predict work folder (preds.work)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Default: RUN/report.html"),
     page_size: int = typer.Option(50, "--page-size", min=1, help="Items per page of the page."),
 ) -> None:
-    """Write a self-contained HTML page to review boxes, crops and labels."""
+    """Write a self-contained HTML page to review boxes, crops, labels or predictions."""
     from toolkit.report import write_report
     from toolkit.store import RunStore
 
@@ -365,23 +533,27 @@ def report(
     typer.echo(f"review page written to {path}")
 
 
-@dataset_app.command("build")
+@dataset_app.command("build", context_settings=_OVERRIDABLE, epilog=_overrides_epilog("dataset"))
 def dataset_build(
     run: Path = typer.Option(..., "--run", help="A labeled (and cropped) run folder."),
     out: Path = typer.Option(..., "--out", help="Folder for the DatasetDict (save_to_disk)."),
-    strategy: str = typer.Option(
-        "originals+crops", "--strategy", help="originals | crops | originals+crops"
+    strategy: str | None = typer.Option(
+        None,
+        "--strategy",
+        help="originals | crops | originals+crops (default: the config's, else originals+crops).",
     ),
     config: Path | None = typer.Option(None, "--config", help="Dataset config YAML."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides of the dataset config."),
+    overrides: list[str] = _overrides_argument("dataset"),
 ) -> None:
     """Build a train/validation/test DatasetDict of multi-image examples."""
     from toolkit.config import load_stage_config
     from toolkit.dataset import DatasetConfig
     from toolkit.pipeline import run_dataset
 
+    # --strategy only when given: its default must not override the config file's strategy.
+    given = [f"strategy={strategy}"] if strategy is not None else []
     dataset_config = load_stage_config(
-        DatasetConfig, config, [f"strategy={strategy}", *(overrides or [])]
+        DatasetConfig, config, [*given, *(overrides or [])], stage="dataset"
     )
     summary = run_dataset(run, out, dataset_config, _State.progress)
     stats = summary.stats()
@@ -422,21 +594,21 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings=_OVERRIDABLE, epilog=_overrides_epilog("train"))
 def train(
-    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="Train config YAML."),
     resume: bool = typer.Option(
         False,
         "--resume",
         help="Continue from the newest checkpoint in output_dir: same step, optimizer and data order.",
     ),
+    overrides: list[str] = _overrides_argument("train"),
 ) -> None:
     """LoRA-fine-tune a student with TRL (extra key=value arguments override the config)."""
     from finetune.train import load_train_config, save_train_config
     from finetune.train import train as run_training
 
-    overrides = list(ctx.args) + (["resume_from_checkpoint=true"] if resume else [])
+    overrides = list(overrides or []) + (["resume_from_checkpoint=true"] if resume else [])
     train_config = load_train_config(config, overrides)
     output_dir = Path(train_config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -630,22 +802,19 @@ def export(
     typer.echo(f"bundle written to {bundle}")
 
 
-@detector_app.command(
-    "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
+@detector_app.command("train", context_settings=_OVERRIDABLE, epilog=_overrides_epilog("detector"))
 def detector_train(
     run: Path = typer.Option(..., "--run", help="A labeled run folder."),
     out: Path = typer.Option(..., "--out", help="Folder for the detector."),
     config: Path | None = typer.Option(None, "--config", help="Detector config YAML."),
-    overrides: list[str] = typer.Argument(
-        None, help="key=value (or --key=value) overrides of the detector config."
-    ),
+    overrides: list[str] = _overrides_argument("detector"),
 ) -> None:
     """Distil the teachers' boxes into a small ultralytics detector."""
     from finetune.detector import DetectorConfig, train_detector
     from toolkit.config import load_stage_config
+    from toolkit.dataset import SPLIT_KEYS
 
-    detector_config = load_stage_config(DetectorConfig, config, overrides or [])
+    detector_config = load_stage_config(DetectorConfig, config, overrides or [], stage="detector")
     summary = train_detector(run, out, detector_config, verbose=_State.verbose)
     for reason in summary.skipped:
         typer.echo(reason, err=True)
@@ -655,32 +824,47 @@ def detector_train(
         return "n/a" if m.get(key) is None else f"{m[key]:.3f}"
 
     outputs = [summary.weights, summary.onnx, summary.config_file, summary.metrics_file]
-    _table(
-        f"croptune detector train ({out})",
-        [
+    measured = summary.measured
+    split = ", ".join(f"{k} {getattr(detector_config, k)}" for k in SPLIT_KEYS)
+    rows = [
+        ("split by item, as `dataset build`", split),
+        ("items train / held out", f"{len(summary.train_items)} / {len(summary.held_out_items)}"),
+        ("photos train / held out", f"{summary.images['train']} / {summary.images['held_out']}"),
+        (
+            f"boxes train / held out ({summary.box_source})",
+            f"{summary.boxes['train']} / {summary.boxes['held_out']}",
+        ),
+    ]
+    if summary.shared_photos or summary.merged_boxes:
+        rows.append(
             (
-                "items train / held out",
-                f"{len(summary.train_items)} / {len(summary.held_out_items)}",
+                "shared photos",
+                f"{summary.shared_photos} shown by several items, used once with all their "
+                f"boxes; {summary.merged_boxes} identical boxes merged",
+            )
+        )
+    rows += [
+        ("classes", ", ".join(summary.classes)),
+        ("epochs, image size", f"{summary.epochs}, {detector_config.imgsz}"),
+        ("train seconds", f"{summary.seconds['train']:.1f}"),
+    ]
+    if measured.get("splits"):
+        rows += [
+            (
+                "measured",
+                f"{measured['weights']} (kept, loaded as predict loads it) on "
+                f"{measured['photos']} held-out photos ({' + '.join(measured['splits'])})",
             ),
             (
-                "photos train / held out",
-                f"{summary.images['train']} / {summary.images['held_out']}",
-            ),
-            (
-                f"boxes train / held out ({summary.box_source})",
-                f"{summary.boxes['train']} / {summary.boxes['held_out']}",
-            ),
-            ("classes", ", ".join(summary.classes)),
-            ("epochs, image size", f"{summary.epochs}, {detector_config.imgsz}"),
-            ("train seconds", f"{summary.seconds['train']:.1f}"),
-            (
-                f"held-out precision / recall (conf {detector_config.conf})",
+                f"precision / recall (conf {measured['conf']}, predict's)",
                 f"{rate('precision')} / {rate('recall')}",
             ),
-            ("held-out mAP50", rate("map50")),
-            ("written (in --out)", ", ".join(p.name for p in outputs if p is not None)),
-        ],
-    )
+            ("mAP50 / mAP50-95", f"{rate('map50')} / {rate('map50_95')}"),
+        ]
+    else:
+        rows.append(("measured", "nothing: the split holds no item out (too few items?)"))
+    rows.append(("written (in --out)", ", ".join(p.name for p in outputs if p is not None)))
+    _table(f"croptune detector train ({out})", rows)
 
 
 @app.command()
@@ -732,8 +916,16 @@ def predict(
     allow_outside_paths: bool = typer.Option(
         False, "--allow-outside-paths", help="Accept image paths that leave the catalog folder."
     ),
+    column: list[str] = typer.Option(
+        None,
+        "--column",
+        metavar="FIELD=COLUMN",
+        help="Read croptune's FIELD from the catalog's COLUMN, e.g. --column item_id=id "
+        "(repeatable), as on `croptune catalog validate`.",
+    ),
 ) -> None:
     """Boxes -> the training-time crops -> student -> one JSON per item (resumable)."""
+    from toolkit.catalog import parse_column_mapping
     from toolkit.pipeline import run_predict
 
     summary = run_predict(
@@ -751,6 +943,7 @@ def predict(
         max_new_tokens=max_new_tokens,
         limit=limit,
         allow_outside=allow_outside_paths,
+        columns=parse_column_mapping(column or []),
         progress=_State.progress,
     )
     stats = summary.stats
@@ -775,6 +968,11 @@ def predict(
             ("work folder, stats", f"{summary.workdir}, {summary.stats_file}"),
         ],
     )
+    from toolkit.messages import group_by_cause
+
+    failures = [(r.get("item_id"), f"{r.get('stage')}: {r['error']}") for r in summary.failures]
+    _print_by_cause("failed item(s)", group_by_cause(failures), summary.workdir, str(out))
+    _print_by_cause("warning(s) and note(s)", summary.warnings, summary.workdir, str(out))
     if summary.failed:
         typer.echo(
             f"croptune: {summary.failed} of {summary.items} item(s) failed; their error "
@@ -782,6 +980,176 @@ def predict(
             err=True,
         )
         raise typer.Exit(1)
+
+
+config_app = typer.Typer(
+    help="The keys of each stage's config: type, default, help.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+
+# STAGE -> the configs it reads: (what reads it, module, class). `endpoint`, `judge` and
+# `teacher` name one config each, for `--format yaml` of a stage that reads two.
+_STAGE_CONFIGS: dict[str, list[tuple[str, str, str]]] = {
+    "label": [
+        ("--config of `croptune label` and `croptune relabel`", "teacher_labeling.teachers",
+         "LabelConfig"),
+    ],
+    "crop": [("--config of `croptune crop`", "toolkit.crops", "CropConfig")],
+    "dataset": [("--config of `croptune dataset build`", "toolkit.dataset", "DatasetConfig")],
+    "train": [("--config of `croptune train`", "finetune.train", "TrainConfig")],
+    "detector": [
+        ("--config of `croptune detector train`", "finetune.detector", "DetectorConfig"),
+    ],
+    "evaluate": [
+        ("an endpoint YAML: `croptune evaluate --model FILE.yaml`", "teacher_labeling.endpoint",
+         "EndpointConfig"),
+        ("--judge of `croptune evaluate`", "teacher_labeling.judge", "JudgeConfig"),
+    ],
+    "predict": [
+        ("an endpoint YAML: `croptune predict --endpoint FILE.yaml`",
+         "teacher_labeling.endpoint", "EndpointConfig"),
+        ("--teacher-config of `croptune predict` (one teacher, or a label config with one box "
+         "teacher)", "teacher_labeling.teachers", "TeacherConfig"),
+    ],
+}  # fmt: skip
+_STAGE_CONFIGS["endpoint"] = _STAGE_CONFIGS["evaluate"][:1]
+_STAGE_CONFIGS["judge"] = _STAGE_CONFIGS["evaluate"][1:]
+_STAGE_CONFIGS["teacher"] = _STAGE_CONFIGS["predict"][1:]
+_STAGES = ("label", "crop", "dataset", "train", "detector", "evaluate", "predict")
+
+
+def _stage_configs(stage: str) -> list[tuple[str, Any]]:
+    """(what reads it, config class) of each config of a stage; a misspelt stage is named."""
+    import difflib
+    import importlib
+
+    if stage not in _STAGE_CONFIGS:
+        close = difflib.get_close_matches(stage, list(_STAGE_CONFIGS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CroptuneError(
+            f"unknown stage {stage!r}{hint} (stages: {', '.join(_STAGES)}; also endpoint, "
+            "judge, teacher)"
+        )
+    return [
+        (reader, getattr(importlib.import_module(module), name))
+        for reader, module, name in _STAGE_CONFIGS[stage]
+    ]
+
+
+@config_app.command("show")
+def config_show(
+    stage: str = typer.Argument(
+        ...,
+        metavar="STAGE",
+        help="label | crop | dataset | train | detector | evaluate | predict (or endpoint, "
+        "judge, teacher: one config of evaluate/predict).",
+    ),
+    format: str = typer.Option(
+        "text",
+        "--format",
+        help="text: every key (nested ones dotted) with its type, default and help; yaml: a "
+        "commented starter YAML holding every key at its default.",
+    ),
+) -> None:
+    """Every key of a stage's config with its type, default and help text."""
+    from toolkit.config import describe_config, starter_yaml
+
+    if format not in ("text", "yaml"):
+        raise CroptuneError(f"unknown --format {format!r}; use text or yaml")
+    configs = _stage_configs(stage)
+    blocks = []
+    for reader, cls in configs:
+        title = f"{cls.__name__} ({cls.__module__}): {reader}"
+        if format == "yaml":
+            blocks.append(f"# {title}\n# {cls.__doc__.splitlines()[0]}\n{starter_yaml(cls)}")
+        else:
+            blocks.append(f"{title}\n{cls.__doc__.splitlines()[0]}\n\n{describe_config(cls)}\n")
+    typer.echo(("---\n" if format == "yaml" else "\n").join(blocks), nl=False)
+
+
+def _init_files(items: int, seed: int) -> dict[Path, bytes]:
+    """What `croptune init` writes: relative path -> content."""
+    import tempfile
+
+    from finetune.detector import DetectorConfig
+    from toolkit.config import packaged_configs, starter_yaml
+    from toolkit.dataset import DatasetConfig
+    from toolkit.synthetic import make_example_catalog
+
+    files = {Path(name): text.encode() for name, text in packaged_configs().items()}
+    generated = {
+        "dataset.yaml": (DatasetConfig, "dataset build --run RUN --out DATASET", "dataset"),
+        "detector.yaml": (DetectorConfig, "detector train --run RUN --out DETECTOR", "detector"),
+    }
+    for name, (cls, command, stage) in generated.items():
+        header = (
+            f"# {cls.__doc__.splitlines()[0]} Every key at its default.\n"
+            f"#   croptune {command} --config {name} [key=value ...]\n"
+            f"# Written by `croptune config show {stage} --format yaml`.\n"
+        )
+        files[Path(name)] = (header + starter_yaml(cls)).encode()
+    quiet = logging.getLogger("toolkit.synthetic")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "wrote ... to /tmp/..." names the scratch folder
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_example_catalog(Path(tmp) / "catalog", n_items=items, seed=seed)
+            for path in sorted(Path(tmp).rglob("*")):
+                if path.is_file():
+                    files[path.relative_to(tmp)] = path.read_bytes()
+    finally:
+        quiet.setLevel(level)
+    return files
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(..., metavar="DIR", help="Folder to write into (created)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files that are already there."),
+    items: int = typer.Option(12, "--items", min=4, help="Items in the example catalog."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the example catalog."),
+) -> None:
+    """Write the starter configs and an example catalog (with its photos) into DIR."""
+    import shlex
+
+    files = _init_files(items, seed)
+    # Configs first, then the catalog: what a user most likely edited is named first.
+    ordered = sorted(files, key=lambda rel: (len(rel.parts), rel))
+    existing = [str(rel) for rel in ordered if (folder / rel).exists()]
+    if existing and not force:
+        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise CroptuneError(
+            f"{folder} already holds {len(existing)} of the files croptune init writes "
+            f"({shown}); nothing was written. Pass --force to overwrite them, or give another "
+            "folder"
+        )
+    for rel, content in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content)
+    configs = sorted(str(rel) for rel in files if rel.parent == Path("."))
+    photos = sum(1 for rel in files if rel.parts[0] == "catalog" and rel.suffix != ".jsonl")
+    replaced = f", {len(existing)} of them replaced (--force)" if existing else ""
+    typer.echo(f"wrote {len(files)} files to {folder}{replaced}:")
+    typer.echo(f"  configs: {', '.join(configs)}")
+    typer.echo(f"  example catalog: catalog/catalog.jsonl ({items} items, {photos} photos)")
+
+    def at(*parts: str) -> str:
+        return shlex.quote(str(folder.joinpath(*parts)))
+
+    run_dir, dataset = at("runs", "catalog"), at("runs", "catalog", "dataset")
+    typer.echo(
+        "next (relative paths inside the configs are resolved against their folder):\n"
+        f"  croptune catalog validate {at('catalog', 'catalog.jsonl')}\n"
+        f"  croptune label {at('catalog', 'catalog.jsonl')} --config "
+        f"{at('label-reference.yaml')} --run {run_dir}\n"
+        f"  croptune crop --run {run_dir} --config {at('crop.yaml')}\n"
+        f"  croptune dataset build --run {run_dir} --out {dataset} --config "
+        f"{at('dataset.yaml')} image_tokens=16\n"
+        f"  croptune train --config {at('train-tiny.yaml')}\n"
+        f"  croptune evaluate --model {at('runs', 'catalog', 'train-tiny', 'adapter')} "
+        f"--dataset {dataset}\n"
+        "  croptune config show STAGE   (every key of a stage's config)"
+    )
 
 
 def main() -> None:

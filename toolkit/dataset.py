@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 Strategy = Literal["originals", "crops", "originals+crops"]
 SPLITS = ("train", "validation", "test")
+SPLIT_KEYS = ("validation_ratio", "test_ratio", "seed")  # the settings that decide the split
 
 
 class DatasetConfig(BaseModel):
@@ -189,6 +190,46 @@ def assign_splits(
     return splits
 
 
+def split_input(store: RunStore, item: ItemRow) -> dict[str, Any]:
+    """What assign_splits knows of one item: its category and its usable photos' pixel hashes."""
+    hashes = {r.sha256 for r in store.images(item.item_id) if r.usable}
+    return {"category": item.category, "hashes": hashes}
+
+
+def run_splits(
+    store: RunStore, validation_ratio: float, test_ratio: float, seed: int = 0
+) -> dict[str, str]:
+    """item_id -> split for EVERY item of a run, agreeing with `dataset build`'s split.
+
+    The items with final attributes get exactly the split `build_dataset` gives them for
+    these ratios and seed. Every other item (no attributes: not in the student's dataset)
+    sharing a photo with them takes the most held-out split of the items it shares with, so
+    no photo of a student validation/test item lands in another tool's train split; the rest
+    are split among themselves by the same authority.
+    """
+    student: dict[str, dict[str, Any]] = {}
+    others: dict[str, dict[str, Any]] = {}
+    for item in store.items():
+        entry = split_input(store, item)
+        (student if store.final_attributes(item.item_id) else others)[item.item_id] = entry
+    splits = assign_splits(student, validation_ratio, test_ratio, seed) if student else {}
+    if not others:
+        return splits
+    joined = {**student, **others}
+    free: dict[str, dict[str, Any]] = {}
+    for members in photo_groups(joined):
+        taken = [splits[m] for m in members if m in splits]
+        if not taken:
+            free.update({m: others[m] for m in members})
+            continue
+        # test > validation > train: a shared photo goes where it cannot leak.
+        held = max(taken, key=SPLITS.index)
+        splits.update({m: held for m in members if m not in splits})
+    if free:
+        splits.update(assign_splits(free, validation_ratio, test_ratio, seed))
+    return splits
+
+
 def photo_groups(items: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Items joined by shared photos (pixel hashes), each group's ids sorted, in id order."""
     parent = {item_id: item_id for item_id in items}
@@ -277,9 +318,8 @@ def build_dataset(
                 summary.left_out.get("no final attributes", 0) + 1
             )
             continue
-        hashes = {r.sha256 for r in store.images(item.item_id) if r.usable}
-        candidates[item.item_id] = {"item": item, "attributes": attributes, "hashes": hashes,
-                                    "category": item.category}  # fmt: skip
+        candidates[item.item_id] = {"item": item, "attributes": attributes,
+                                    **split_input(store, item)}  # fmt: skip
     if not candidates:
         raise CroptuneError("no item of this run has final attributes; run `croptune label` first")
     splits = assign_splits(candidates, config.validation_ratio, config.test_ratio, config.seed)

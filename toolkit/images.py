@@ -25,10 +25,13 @@ class ImageLoadError(Exception):
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """An oriented RGB image with its content hash."""
+    """An oriented RGB image with its content hash and what decoding changed about it."""
 
     image: Image.Image
     sha256: str
+    # e.g. "EXIF orientation 6 applied (4000x3000 file, 3000x4000 oriented)", "CMYK converted
+    # to RGB": the pixels croptune uses are not the file's, and a user should hear so.
+    conversions: tuple[str, ...] = ()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,6 +78,14 @@ def read_image_bytes(uri: str, timeout_s: float = 30.0) -> bytes:
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Oriented RGB pixels from encoded image bytes; raises ImageLoadError with the reason."""
+    return decode_image_with_conversions(data, max_pixels)[0]
+
+
+def decode_image_with_conversions(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, tuple[str, ...]]:
+    """Oriented RGB pixels from encoded image bytes, and each change decoding made to them."""
+    conversions: list[str] = []
     if not data:
         raise ImageLoadError("empty file")
     if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
@@ -94,8 +105,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             # Truncated files fail here (unless the user's process set Pillow's
             # LOAD_TRUNCATED_IMAGES), rather than being padded with grey.
             image.load()
-            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation != 1:
+                file_size = image.size
                 image = ImageOps.exif_transpose(image)  # (a copy: skipped when upright)
+                conversions.append(
+                    f"EXIF orientation {orientation} applied ({file_size[0]}x{file_size[1]} "
+                    f"file, {image.width}x{image.height} oriented; boxes are read in the "
+                    "oriented frame)"
+                )
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -106,7 +124,29 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageLoadError(f"corrupt or truncated image: {exc}") from exc
     if image.width == 0 or image.height == 0:
         raise ImageLoadError("image has no pixels")
-    return to_rgb(image)
+    change = rgb_conversion(image)
+    if change:
+        conversions.append(change)
+    return to_rgb(image), tuple(conversions)
+
+
+def rgb_conversion(image: Image.Image) -> str | None:
+    """What `to_rgb` changes about an image's pixels, in words (None for RGB or plain grey)."""
+    mode = image.mode
+    if mode == "P":
+        mode = "RGBA" if "transparency" in image.info else "RGB"
+    if mode in ("RGB", "L", "1"):
+        return None  # nothing lost: grey is repeated into three channels
+    if mode.startswith("I;16"):
+        return f"16-bit ({image.mode}) scaled to 8-bit"
+    if mode in ("I", "F"):
+        return f"{'32-bit integer' if mode == 'I' else 'float'} pixels stretched to 8-bit"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] == 255:
+            return None  # an alpha channel that is opaque everywhere changes nothing
+        return "transparency composited on white"
+    return f"{image.mode} converted to RGB"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -152,8 +192,8 @@ def pixel_hash(image: Image.Image) -> str:
 
 def load_image(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read, orient and normalise one image, with its pixel hash."""
-    image = decode_image(read_image_bytes(uri), max_pixels=max_pixels)
-    return LoadedImage(image=image, sha256=pixel_hash(image))
+    image, conversions = decode_image_with_conversions(read_image_bytes(uri), max_pixels)
+    return LoadedImage(image=image, sha256=pixel_hash(image), conversions=conversions)
 
 
 def encode_png(image: Image.Image) -> bytes:

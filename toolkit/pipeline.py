@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from toolkit.catalog import IngestSummary, ingest_catalog, load_catalog
-from toolkit.config import dump_yaml
+from toolkit.config import dump_config
 from toolkit.crops import CropConfig, CropSummary, crop_run
 from toolkit.dataset import DatasetConfig, DatasetSummary, build_dataset
 from toolkit.errors import CroptuneError
@@ -24,9 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def save_resolved_config(config: Any, path: Path) -> None:
-    """Write a stage's resolved config as YAML next to what it produced."""
-    data = config.model_dump(mode="json", by_alias=True)
-    path.write_text(dump_yaml(data))
+    """Write a stage's resolved config (paths absolute) as YAML next to what it produced."""
+    path.write_text(dump_config(config), encoding="utf-8")
 
 
 def run_schema(store: RunStore) -> AttributeSchema:
@@ -51,7 +50,12 @@ def run_label(
 
     # --dry-run checks too: an estimate for a teacher that cannot answer is no estimate.
     teachers = _teachers(config)
-    catalog = load_catalog(catalog_path, allow_outside=config.allow_outside_paths)
+    catalog = load_catalog(
+        catalog_path,
+        allow_outside=config.allow_outside_paths,
+        box_convention=config.box_convention,
+        columns=config.columns,
+    )
     with RunStore(run_dir) as store:
         store.set_meta("schema_json", load_schema(config.schema_).model_dump_json())
         store.set_meta("catalog", str(catalog_path.resolve()))
@@ -179,6 +183,7 @@ def run_predict(
     max_new_tokens: int | None = None,
     limit: int | None = None,
     allow_outside: bool = False,
+    columns: dict[str, str] | None = None,
     progress: bool = False,
 ) -> Any:
     """Predict a catalog with a bundle: its box source (or box_source), its crops, its student.
@@ -259,6 +264,7 @@ def run_predict(
             batch_size=batch_size,
             limit=limit,
             allow_outside=allow_outside,
+            columns=columns,
             progress=progress,
         )
     finally:

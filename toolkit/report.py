@@ -2,22 +2,42 @@
 
 Every item gets a section with its photos (boxes drawn into the pixels with supervision,
 one colour per box teacher), its crops, each teacher's attributes next to the final ones,
-and its errors. Filters and pagination are a small inline script; images are embedded as
-``data:`` URIs, so the page makes no request at all (its Content-Security-Policy forbids
-any, and only the page's own script, by nonce, may run).
+its errors and its warnings. Filters and pagination are a small inline script; images are
+embedded as ``data:`` URIs, so the page makes no request at all (its Content-Security-Policy
+forbids any, and only the page's own script, by nonce, may run).
 
 Listing text (ids, titles, categories, labels, answers) is untrusted: the template is
 rendered with autoescape on and never marks catalog text safe.
 
+Two kinds of run folder:
+
+- a labeled run (`croptune label`): the items in the store, plus a section for every item
+  the store holds errors of but not the item itself (refused by the catalog, or no photo
+  could be used: nothing of it reached the run);
+- a predict work folder (`croptune predict`): one section per line of the latest predict
+  run's output, in its order, read from the store's ``outcomes`` (catalog rows that did not
+  load included); the attributes are that run's prediction, and each item says whether
+  the answer was valid JSON, why it failed, what was noted, and what the student saw.
+
 Flags of an item (``data-flags``), the rule each follows:
 
-- ``failed``: the store holds at least one error event for the item.
-- ``disagree``: (attributes) two or more teachers labeled the item and some field's
+- ``failed``: (labeled run) the store holds an error event of the item from any stage but
+  ingest that no later answer settled (``RunStore.open_errors``: the same teacher answered
+  the item and image after it failed), or the item never reached the store; an ingest error of a stored item (one photo
+  or box left out) is listed as a warning instead. (predict) its line is an error record.
+- ``disagree``: (labeled run) two or more teachers labeled the item and some field's
   normalised value (``toolkit.metrics.normalise``; lists as sets) differs between them,
   a field one teacher gives and another leaves out counting as a difference; or (boxes)
   two or more box teachers (the ``fused`` source left out) boxed the item and, on some
   image, a box of one teacher has no box of another teacher with IoU >= 0.5.
-- ``no-label``: the item has no final attributes.
+- ``no-label``: (labeled run) the item has no final attributes.
+- ``photos``: the item has no photo in the run, or one of its photos was unusable at
+  ingest, or its local file is gone or changed since.
+- ``warned``: the store holds warnings of the item (a value clipped, moved, mapped or
+  dropped), or (predict) its record has notes or warnings.
+- ``repaired`` (predict): predicted from an answer that was not valid JSON as written.
+- ``stopped`` (predict): generation was stopped (a runaway repetition).
+- ``pending`` (predict): the latest run stopped before it finished this item.
 """
 
 from __future__ import annotations
@@ -28,7 +48,7 @@ import json
 import os
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +59,7 @@ from toolkit.boxes import Box
 from toolkit.crops import FUSED_SOURCE
 from toolkit.files import atomic_write
 from toolkit.metrics import normalise
-from toolkit.store import CropRow, ImageRow, ItemRow, RunStore
+from toolkit.store import PREDICT_STAGE, CropRow, ImageRow, ItemRow, RunStore
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -60,6 +80,35 @@ FUSED_COLOUR = "#ff00ff"  # magenta, drawn thicker and underneath the teachers' 
 BOX_AGREE_IOU = 0.5
 JPEG_QUALITY = 85
 TEMPLATE = "report.html.j2"
+INGEST_STAGE = "ingest"  # toolkit.catalog.ingest_catalog's events
+
+# What an item's badge says for each flag.
+FLAG_NAMES = {
+    "failed": "failed",
+    "disagree": "disagree",
+    "no-label": "no label",
+    "photos": "photo problem",
+    "warned": "warnings",  # "notes" on a predict page
+    "repaired": "repaired JSON",
+    "stopped": "generation stopped",
+    "pending": "not predicted yet",
+}
+# The filters of each kind of run, in the order shown: (flag, what the checkbox says).
+LABEL_FILTERS = (
+    ("failed", "Failures"),
+    ("disagree", "Disagreements"),
+    ("no-label", "Without labels"),
+    ("photos", "Photo problems"),
+    ("warned", "With warnings"),
+)
+PREDICT_FILTERS = (
+    ("failed", "Failures"),
+    ("repaired", "Repaired JSON"),
+    ("stopped", "Stopped generation"),
+    ("photos", "Photo problems"),
+    ("warned", "With notes"),
+    ("pending", "Not predicted yet"),
+)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -77,17 +126,33 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
     crop_hash = store.get_meta("crop_config_hash")
     # First pass, store rows only (cheap): flags and counts are known before any image is
     # decoded, so the header can be written first and the items streamed after it.
-    items = [
-        _collect(store, item, position, page_size, crop_hash)
-        for position, item in enumerate(store.items())
-    ]
+    outcomes = store.outcomes(PREDICT_STAGE)
+    kind = "predict" if outcomes else "label"
+    notices = []
+    if outcomes:
+        items = _predict_items(store, outcomes, page_size, crop_hash)
+        earlier = len({row.item_id for row in store.items()} - {i for i, _ in outcomes})
+        if earlier:
+            notices.append(
+                f"{earlier} item(s) of earlier predict runs in this work folder are not in the "
+                "latest run and are not shown"
+            )
+    else:
+        items = _label_items(store, page_size, crop_hash)
+        if store.get_meta("bundle"):
+            notices.append(
+                "this predict work folder holds no record of its predictions (written by an "
+                "older croptune): run `croptune predict` again to review them"
+            )
     sources = sorted({b.source for it in items for b in it.boxes if b.source != FUSED_SOURCE})
     colours = {s: TEACHER_COLOURS[i % len(TEACHER_COLOURS)] for i, s in enumerate(sources)}
     if any(b.source == FUSED_SOURCE for it in items for b in it.boxes):
         colours[FUSED_SOURCE] = FUSED_COLOUR
     categories: dict[str, int] = {}
     for it in items:
-        categories[it.item.category or ""] = categories.get(it.item.category or "", 0) + 1
+        categories[it.category] = categories.get(it.category, 0) + 1
+    filters = PREDICT_FILTERS if kind == "predict" else LABEL_FILTERS
+    flag_counts = {flag: sum(flag in it.flags for it in items) for flag, _ in filters}
 
     env = Environment(
         loader=PackageLoader("toolkit", "templates"),
@@ -99,20 +164,17 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
     renderer = _Renderer(store.run_dir, colours, thumb_side)
     context = {
         "run_name": store.run_dir.name,
+        "kind": kind,
         "generated": time.strftime("%Y-%m-%d %H:%M"),
         "crop_hash": crop_hash,
         "nonce": secrets.token_urlsafe(16),
         "page_size": page_size,
         "pages": max(1, -(-len(items) // page_size)),
-        "counts": {
-            "items": len(items),
-            "failed": sum("failed" in it.flags for it in items),
-            "disagree": sum("disagree" in it.flags for it in items),
-            "no-label": sum("no-label" in it.flags for it in items),
-            "images": sum(len(it.images) for it in items),
-            "boxes": sum(len(it.boxes) for it in items),
-            "crops": sum(len(it.crops) for it in items),
-        },
+        "total": len(items),
+        "counts": _counts(kind, items),
+        "filters": [
+            {"flag": flag, "label": label, "count": flag_counts[flag]} for flag, label in filters
+        ],
         "categories": [
             {"value": c, "label": c or "(no category)", "count": n}
             for c, n in sorted(categories.items())
@@ -120,7 +182,9 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
         "legend": [
             {"name": s, "colour": c, "fused": s == FUSED_SOURCE} for s, c in colours.items()
         ],
-        "run_errors": [e for e in store.errors() if e["item_id"] is None],
+        "notices": notices,
+        "flag_names": {**FLAG_NAMES, "warned": "notes"} if kind == "predict" else FLAG_NAMES,
+        "run_errors": [] if outcomes else [e for e in store.errors() if e["item_id"] is None],
         "items": _ordered_map(renderer.render, items, workers=min(8, os.cpu_count() or 1)),
     }
     with atomic_write(out) as handle:
@@ -131,49 +195,278 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
 
 @dataclass
 class _Item:
-    """One item's store rows and what the page derives from them (no pixels yet)."""
+    """One section's store rows and what the page derives from them (no pixels yet)."""
 
-    item: ItemRow
+    item_id: str | None  # None: a catalog row that had no usable id
+    item: ItemRow | None  # None: nothing of the item reached the store
     position: int
     page: int
-    images: list[ImageRow]
-    boxes: list[Box]
-    crops: list[CropRow]
-    errors: list[dict[str, Any]]
-    teachers: list[str]
-    rows: list[dict[str, Any]]
-    has_final: bool
+    images: list[ImageRow] = field(default_factory=list)
+    photo_problems: dict[int, str] = field(default_factory=dict)  # image index -> why
+    boxes: list[Box] = field(default_factory=list)
+    crops: list[CropRow] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    teachers: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    has_final: bool = False
+    outcome: dict[str, Any] | None = None  # predict: what the item's line says
+    where: str | None = None  # a catalog row without an id: where it is ("line 9")
     flags: list[str] = field(default_factory=list)
 
+    @property
+    def category(self) -> str:
+        """The item's category, "" when it has none (or is not in the store)."""
+        return (self.item.category if self.item else None) or ""
 
-def _collect(
-    store: RunStore, item: ItemRow, position: int, page_size: int, crop_hash: str | None
-) -> _Item:
-    labels = store.labels(item.item_id)
-    final = store.final_attributes(item.item_id)
-    boxes = [b for _, b in store.boxes(item.item_id)]
-    rows, attributes_differ = attribute_rows(labels, final)
-    errors = store.errors(item.item_id)
-    flags = []
-    if errors:
-        flags.append("failed")
-    if attributes_differ or boxes_disagree(boxes):
-        flags.append("disagree")
-    if final is None:
-        flags.append("no-label")
-    return _Item(
-        item=item,
-        position=position,
-        page=position // page_size,
-        images=store.images(item.item_id),
-        boxes=boxes,
-        crops=store.crops(item.item_id, crop_hash) if crop_hash else store.crops(item.item_id),
-        errors=errors,
-        teachers=list(labels),
-        rows=rows,
-        has_final=final is not None,
-        flags=flags,
+
+def _event_text(event: dict[str, Any]) -> str:
+    """One store event as a line: stage · teacher · image N: message."""
+    parts = [event["stage"]]
+    if event.get("teacher"):
+        parts.append(event["teacher"])
+    if event.get("image") is not None:
+        parts.append(f"image {event['image']}")
+    return f"{' · '.join(parts)}: {event['message']}"
+
+
+def _photo_problems(images: list[ImageRow]) -> dict[int, str]:
+    """Why each of an item's photos cannot be used now (cheap: decoded only if its file changed)."""
+    from toolkit.catalog import load_ingested_image
+    from toolkit.images import ImageLoadError, file_stat, is_url
+
+    problems: dict[int, str] = {}
+    for row in images:
+        if not row.usable:
+            problems[row.index] = row.error or "not usable"
+            continue
+        if is_url(row.uri):
+            continue  # a download is tried when the page draws it
+        stat = file_stat(row.uri)
+        if stat is None:
+            problems[row.index] = "file not found (it was there at ingest)"
+        elif stat != row.file_stat:
+            try:
+                load_ingested_image(row)
+            except (ImageLoadError, OSError, ValueError) as exc:
+                problems[row.index] = str(exc) or type(exc).__name__
+    return problems
+
+
+def _label_items(store: RunStore, page_size: int, crop_hash: str | None) -> list[_Item]:
+    """A labeled run's sections: stored items, then items only the store's errors name."""
+    items = []
+    stored = store.items()
+    for position, row in enumerate(stored):
+        labels = store.labels(row.item_id)
+        final = store.final_attributes(row.item_id)
+        boxes = [b for _, b in store.boxes(row.item_id)]
+        rows, attributes_differ = attribute_rows(labels, final)
+        errors, warnings = [], []
+        for event in store.open_errors(row.item_id):  # a re-run that worked settles one
+            # An ingest error of a stored item left one photo or box out, not the item.
+            (warnings if event["stage"] == INGEST_STAGE else errors).append(event)
+        warnings += store.warnings(row.item_id)
+        images = store.images(row.item_id)
+        it = _Item(
+            item_id=row.item_id,
+            item=row,
+            position=position,
+            page=position // page_size,
+            images=images,
+            photo_problems=_photo_problems(images),
+            boxes=boxes,
+            crops=store.crops(row.item_id, crop_hash) if crop_hash else store.crops(row.item_id),
+            errors=errors,
+            warnings=_unique(_event_text(e) for e in warnings),
+            teachers=list(labels),
+            rows=rows,
+            has_final=final is not None,
+        )
+        it.flags = [
+            flag
+            for flag, on in (
+                ("failed", bool(errors)),
+                ("disagree", attributes_differ or boxes_disagree(boxes)),
+                ("no-label", final is None),
+                ("photos", bool(it.photo_problems) or not images),
+                ("warned", bool(it.warnings)),
+            )
+            if on
+        ]
+        items.append(it)
+    known = {row.item_id for row in stored}
+    absent: dict[str, list[dict[str, Any]]] = {}
+    for event in store.errors():
+        if event["item_id"] is not None and event["item_id"] not in known:
+            absent.setdefault(event["item_id"], []).append(event)
+    for item_id, errors in absent.items():
+        position = len(items)
+        items.append(
+            _Item(
+                item_id=item_id,
+                item=None,
+                position=position,
+                page=position // page_size,
+                errors=errors,
+                flags=["failed", "no-label", "photos"],
+            )
+        )
+    return items
+
+
+def _predict_items(
+    store: RunStore,
+    outcomes: list[tuple[str | None, dict[str, Any] | None]],
+    page_size: int,
+    crop_hash: str | None,
+) -> list[_Item]:
+    """A predict work folder's sections: one per line of the latest run, in its order."""
+    stored = {row.item_id: row for row in store.items()}
+    seen: set[str] = set()
+    items = []
+    for position, (item_id, record) in enumerate(outcomes):
+        # A second line of one id is a duplicate catalog row: it has nothing of the item.
+        duplicate = item_id in seen
+        row = stored.get(item_id) if item_id is not None and not duplicate else None
+        if item_id is not None:
+            seen.add(item_id)
+        it = _Item(item_id=item_id, item=row, position=position, page=position // page_size)
+        outcome = _outcome(record)
+        it.outcome = outcome
+        if row is not None:
+            it.images = store.images(row.item_id)
+            it.photo_problems = _photo_problems(it.images)
+            # Boxes and crops only where this run got to them: older ones may be in the store.
+            if record is not None and "boxes" in record:
+                it.boxes = [_box(b) for b in record["boxes"]]
+                it.crops = (
+                    store.crops(row.item_id, crop_hash) if crop_hash else store.crops(row.item_id)
+                )
+                source = record.get("box_source")
+                it.warnings += [
+                    _event_text(e)
+                    for e in store.warnings(row.item_id, PREDICT_STAGE)
+                    if e["teacher"] == source
+                ]
+        if record is not None:
+            it.where = record.get("where")
+            it.warnings = _unique([*record.get("warnings", []), *it.warnings])
+            if "error" in record:
+                it.errors = [
+                    {"stage": record.get("stage") or "?", "teacher": None, "image": None,
+                     "message": record["error"]}
+                ]  # fmt: skip
+            attributes = record.get("attributes")
+            if attributes is not None:
+                it.rows, _ = attribute_rows({}, attributes)
+                it.has_final = True
+        it.flags = [
+            flag
+            for flag, on in (
+                ("failed", outcome["status"] == "failed"),
+                ("repaired", outcome["json"] == "repaired"),
+                ("stopped", bool(outcome["stopped"])),
+                # A row without an id, or a repeated id, is a catalog problem, not a photo one.
+                (
+                    "photos",
+                    bool(it.photo_problems)
+                    or (not it.images and item_id is not None and not duplicate),
+                ),
+                ("warned", bool(it.warnings or outcome["notes"])),
+                ("pending", outcome["status"] == "pending"),
+            )
+            if on
+        ]
+        items.append(it)
+    return items
+
+
+def _outcome(record: dict[str, Any] | None) -> dict[str, Any]:
+    """What an item's predict line says: status, JSON validity, the answer, notes."""
+    if record is None:
+        return {"status": "pending", "json": None, "stopped": None, "notes": [], "answer": None,
+                "stage": None, "images": None, "image_tokens": None}  # fmt: skip
+    failed = "error" in record
+    stopped = record.get("stopped")
+    if not failed:
+        json_state = "valid" if record.get("json_valid", True) else "repaired"
+    elif record.get("stage") == "parse":
+        json_state = "unusable"
+    else:
+        json_state = None  # no answer to judge: it failed before or during generation
+    return {
+        "status": "failed" if failed else "predicted",
+        "stage": record.get("stage") if failed else None,
+        "json": json_state,
+        "stopped": stopped,
+        # The stop is shown on its own line; its note is not repeated.
+        "notes": [n for n in record.get("notes", []) if n != f"generation stopped: {stopped}"],
+        "answer": record.get("answer"),
+        "images": record.get("images"),
+        "image_tokens": record.get("image_tokens"),
+    }
+
+
+def _box(data: dict[str, Any]) -> Box:
+    x1, y1, x2, y2 = data["xyxy"]
+    return Box(
+        int(data["image"]), x1, y1, x2, y2,
+        label=data.get("label") or "", source=data.get("source") or "", score=data.get("score"),
+    )  # fmt: skip
+
+
+def _unique(texts: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(texts))
+
+
+def _counts(kind: str, items: list[_Item]) -> list[dict[str, Any]]:
+    """The header's figures: (number, what), each counting exactly what it says."""
+    images = [r for it in items for r in it.images]
+    unusable = sum(len(it.photo_problems) for it in items)
+    crops = [c for it in items for c in it.crops]
+    duplicates = sum(c.duplicate_of is not None for c in crops)
+    by_source = Counter(b.source for it in items for b in it.boxes)
+    counts: list[dict[str, Any]] = []
+
+    def add(number: int, what: str, detail: str = "") -> None:
+        counts.append({"n": number, "what": what, "detail": detail})
+
+    flags = Counter(flag for it in items for flag in it.flags)
+    if kind == "predict":
+        failures = Counter(
+            it.outcome["stage"] for it in items if it.outcome and it.outcome["stage"]
+        )
+        json_states = Counter(it.outcome["json"] for it in items if it.outcome)
+        add(len(items), "items", "the latest predict run's output lines")
+        add(sum(it.outcome is not None and it.outcome["status"] == "predicted" for it in items),
+            "predicted")  # fmt: skip
+        add(flags["failed"], "failed", ", ".join(f"{s} {n}" for s, n in sorted(failures.items())))
+        if flags["pending"]:
+            add(flags["pending"], "not predicted yet")
+        add(json_states["valid"], "valid JSON")
+        add(json_states["repaired"], "repaired JSON", "not valid as written")
+        add(json_states["unusable"], "unreadable answers", "no JSON object of attributes")
+        add(flags["stopped"], "stopped generation")
+        add(flags["warned"], "with notes")
+    else:
+        absent = sum(it.item is None for it in items)
+        add(len(items), "items", f"{absent} never reached the run" if absent else "")
+        add(flags["failed"], "failed")
+        add(flags["disagree"], "disagree")
+        add(flags["no-label"], "without labels")
+        add(flags["warned"], "with warnings")
+    add(len(images) - unusable, "usable photos", f"{unusable} not usable" if unusable else "")
+    add(flags["photos"], "items with photo problems")
+    add(
+        sum(by_source.values()),
+        "boxes",
+        ", ".join(f"{s} {n}" for s, n in sorted(by_source.items())),
     )
+    add(
+        len(crops) - duplicates, "crops", f"{duplicates} duplicates, not used" if duplicates else ""
+    )
+    return counts
 
 
 def attribute_rows(
@@ -263,11 +556,14 @@ class _Renderer:
         """The template's dict for one item."""
         indices = sorted({r.index for r in it.images} | {b.image for b in it.boxes})
         rows = {r.index: r for r in it.images}
+        item = it.item
         return {
-            "id": it.item.item_id,
-            "title": it.item.title,
-            "category": it.item.category or "",
-            "text": it.item.text,
+            "id": it.item_id,
+            "where": it.where,
+            "stored": item is not None,
+            "title": item.title if item else None,
+            "category": it.category,
+            "text": item.text if item else None,
             "position": it.position,
             "page": it.page,
             "flags": it.flags,
@@ -275,13 +571,20 @@ class _Renderer:
             "rows": it.rows,
             "has_final": it.has_final,
             "errors": it.errors,
+            "warnings": it.warnings,
+            "outcome": it.outcome,
             "figures": [
-                self._figure(i, rows.get(i), [b for b in it.boxes if b.image == i]) for i in indices
+                self._figure(
+                    i, rows.get(i), [b for b in it.boxes if b.image == i], it.photo_problems.get(i)
+                )
+                for i in indices
             ],
             "crops": [self._crop(c) for c in it.crops],
         }
 
-    def _figure(self, index: int, row: ImageRow | None, boxes: list[Box]) -> dict[str, Any]:
+    def _figure(
+        self, index: int, row: ImageRow | None, boxes: list[Box], problem: str | None = None
+    ) -> dict[str, Any]:
         from toolkit.catalog import load_ingested_image
         from toolkit.images import ImageLoadError
 
@@ -296,8 +599,8 @@ class _Renderer:
         }
         if row is None:
             figure["error"] = "this image is not in the catalog item (boxes refer to it)"
-        elif not row.usable:
-            figure["error"] = row.error or "not usable"
+        elif problem is not None:
+            figure["error"] = problem  # found in the first pass: not decoded again
         else:
             try:
                 image = load_ingested_image(row)

@@ -78,27 +78,41 @@ class AttributeSchema(BaseModel):
 
     def clean(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """Schema-shaped copy of an answer and a list of what was dropped or coerced."""
+        cleaned, notes = self._clean(answer)
+        return cleaned, [note for _, note in notes]
+
+    def check(self, answer: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """What clean would do to an answer: (fields it moves into their group, what it drops)."""
+        _, notes = self._clean(answer)
+        return [n for kind, n in notes if kind == "moved"], [
+            n for kind, n in notes if kind == "dropped"
+        ]
+
+    def _clean(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """clean's work, each note tagged "moved" (kept, in its group) or "dropped"."""
         cleaned: dict[str, Any] = {}
-        notes: list[str] = []
         if not isinstance(answer, dict):
-            return {}, [f"answer is a {type(answer).__name__}, not an object"]
+            return {}, [("dropped", f"answer is a {type(answer).__name__}, not an object")]
         answer, notes = self._grouped(answer)
         for group, values in answer.items():
             if group not in self.groups:
                 notes.append(
-                    f"unknown group {group!r} dropped"
-                    if isinstance(values, dict)
-                    else f"unknown field {group!r} dropped (no group has it)"
+                    (
+                        "dropped",
+                        f"unknown group {group!r} dropped"
+                        if isinstance(values, dict)
+                        else f"unknown field {group!r} dropped (no group has it)",
+                    )
                 )
                 continue
             if not isinstance(values, dict):
-                notes.append(f"group {group!r} is not an object; dropped")
+                notes.append(("dropped", f"group {group!r} is not an object; dropped"))
                 continue
             out: dict[str, Any] = {}
             for name, value in values.items():
                 spec = self.groups[group].get(name)
                 if spec is None:
-                    notes.append(f"unknown field {group}.{name} dropped")
+                    notes.append(("dropped", f"unknown field {group}.{name} dropped"))
                     continue
                 value = _coerce(value, spec.type)
                 if value in (None, "", []):
@@ -108,7 +122,7 @@ class AttributeSchema(BaseModel):
                 cleaned[group] = out
         return cleaned, notes
 
-    def _grouped(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    def _grouped(self, answer: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """Top-level field names (a flat answer) moved into the one group that has them."""
         owners: dict[str, list[str]] = {}
         for group, fields in self.groups.items():
@@ -118,12 +132,15 @@ class AttributeSchema(BaseModel):
         grouped = {  # copies: the caller's answer stays as it was
             k: dict(v) if isinstance(v, dict) else v for k, v in answer.items() if k not in flat
         }
-        notes: list[str] = []
+        notes: list[tuple[str, str]] = []
         for key, value in flat.items():
             groups = owners[key]
             if len(groups) > 1:
                 notes.append(
-                    f"field {key!r} at the top level fits groups {', '.join(groups)}; dropped"
+                    (
+                        "dropped",
+                        f"field {key!r} at the top level fits groups {', '.join(groups)}; dropped",
+                    )
                 )
                 continue
             target = grouped.get(groups[0])
@@ -131,11 +148,17 @@ class AttributeSchema(BaseModel):
                 target = grouped[groups[0]] = {}
             if not isinstance(target, dict) or key in target:
                 notes.append(
-                    f"field {key!r} at the top level: group {groups[0]!r} already has it; dropped"
+                    (
+                        "dropped",
+                        f"field {key!r} at the top level: group {groups[0]!r} already has it; "
+                        "dropped",
+                    )
                 )
                 continue
             target[key] = value
-            notes.append(f"field {key!r} given at the top level: placed in group {groups[0]!r}")
+            notes.append(
+                ("moved", f"field {key!r} given at the top level: placed in group {groups[0]!r}")
+            )
         return grouped, notes
 
     def describe(self) -> str:

@@ -60,7 +60,15 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY, teacher TEXT NOT NULL, input_file_id TEXT NOT NULL,
     requests TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, closed_at REAL);
+CREATE TABLE IF NOT EXISTS outcomes (
+    stage TEXT NOT NULL, position INTEGER NOT NULL, item_id TEXT, record TEXT,
+    updated_at REAL NOT NULL, PRIMARY KEY (stage, position));
 """
+# `outcomes` was added without a version bump: a new table is created in an older store by
+# _TABLES itself, and an older croptune ignores it.
+
+# The stage whose latest run `outcomes` holds in a predict work folder (finetune.predict).
+PREDICT_STAGE = "predict"
 
 
 @dataclass(frozen=True)
@@ -579,6 +587,39 @@ class RunStore:
                 (f"collected:{status}", time.time(), batch_id),
             )
 
+    # outcomes: one record per catalog row of a stage's latest run (predict's output lines)
+    def set_outcomes(
+        self, stage: str, rows: list[tuple[str | None, dict[str, Any] | None]]
+    ) -> None:
+        """Replace a stage's outcomes with a new run's rows, in order: (item id, record or None).
+
+        None marks a row the run has not finished yet; update_outcome fills it in.
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM outcomes WHERE stage=?", (stage,))
+            conn.executemany(
+                "INSERT INTO outcomes (stage, position, item_id, record, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(stage, i, item_id, _dumps(rec), now) for i, (item_id, rec) in enumerate(rows)],
+            )
+
+    def update_outcome(self, stage: str, item_id: str, record: dict[str, Any]) -> None:
+        """Set the record of an item's (first) row in the stage's latest run."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outcomes SET record=?, updated_at=? WHERE stage=? AND position=("
+                "SELECT MIN(position) FROM outcomes WHERE stage=? AND item_id=?)",
+                (_dumps(record), time.time(), stage, stage, item_id),
+            )
+
+    def outcomes(self, stage: str) -> list[tuple[str | None, dict[str, Any] | None]]:
+        """The stage's latest run, row by row in order: (item id, record or None if unfinished)."""
+        rows = self._query(
+            "SELECT item_id, record FROM outcomes WHERE stage=? ORDER BY position", (stage,)
+        )
+        return [(r["item_id"], _loads(r["record"])) for r in rows]
+
     # events
     def log_event(
         self,
@@ -610,8 +651,34 @@ class RunStore:
 
     def errors(self, item_id: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
         """Recorded errors (the export shape: stage, teacher, image, message)."""
-        sql = "SELECT * FROM events WHERE level='error'"
-        params: tuple[Any, ...] = ()
+        return self._events("error", item_id, stage)
+
+    def open_errors(self, item_id: str | None = None) -> list[dict[str, Any]]:
+        """Recorded errors a later answer has not settled (shaped as errors() are).
+
+        A teacher's failed request for an item (and image) is settled once the same teacher
+        answered it for that item and image afterwards (a re-run that worked).
+        """
+        return self._events("error", item_id, None, settled_excluded=True)
+
+    def warnings(
+        self, item_id: str | None = None, stage: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Recorded warnings (a value guessed, clipped or dropped), shaped as errors() are."""
+        return self._events("warning", item_id, stage)
+
+    def _events(
+        self, level: str, item_id: str | None, stage: str | None, settled_excluded: bool = False
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE level=?"
+        params: tuple[Any, ...] = (level,)
+        if settled_excluded:
+            sql += (
+                " AND (teacher IS NULL OR NOT EXISTS (SELECT 1 FROM requests r JOIN results s"
+                " ON s.cache_key = r.cache_key WHERE s.item_id = events.item_id"
+                " AND r.teacher = events.teacher AND r.status = 'ok' AND r.image IS events.image"
+                " AND r.created_at > events.ts))"
+            )
         if item_id is not None:
             sql += " AND item_id=?"
             params += (item_id,)

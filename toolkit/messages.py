@@ -1,0 +1,26 @@
+"""Messages grouped by cause: the console says each cause once, with a count and a few ids."""
+
+from __future__ import annotations
+
+import re
+
+# Quoted excerpts (an answer's text), bracketed values, numbers in parentheses and image
+# references are a message's particulars, not its cause: "no JSON object or list in the
+# answer: '<noise>'" is one cause for every item. Short quoted names ('brand') stay.
+_PARTICULARS = re.compile(
+    r"(?<!\w)'[^']{25,}'(?!\w)|(?<!\w)\"[^\"]{25,}\"(?!\w)|\[[^\]]*\]|\(\d[^)]*\)"
+    r"|(?<=\bimage )\d+ \(.*?\)(?=: )"
+)
+
+
+def cause_of(teacher: str | None, message: str) -> str:
+    """The cause a warning or failure message reports, without its particulars."""
+    return (f"{teacher}: " if teacher else "") + _PARTICULARS.sub("...", message)
+
+
+def group_by_cause(messages: list[tuple[str | None, str]]) -> dict[str, list[str]]:
+    """(item id or None, message) pairs -> cause -> the item ids (or '-') it happened to."""
+    grouped: dict[str, list[str]] = {}
+    for item_id, message in messages:
+        grouped.setdefault(cause_of(None, message), []).append(item_id or "-")
+    return grouped
