@@ -171,8 +171,8 @@ def prepare(settings: Settings) -> dict[str, Any]:
     clock = time.perf_counter()
     ingest, labels = run_label(catalog, label_config, run_dir)
     facts["seconds"]["label"] = time.perf_counter() - clock
-    if ingest.problems or labels.failed:
-        raise RuntimeError(f"labeling failed: {ingest.problems} / {labels.failed} failed")
+    if ingest.errors or labels.failed:
+        raise RuntimeError(f"labeling failed: {ingest.errors} / {labels.failed} failed")
     clock = time.perf_counter()
     crops = run_crop(run_dir, CropConfig(min_side=settings.crop_min_side))
     facts["seconds"]["crop"] = time.perf_counter() - clock

@@ -37,7 +37,7 @@ from toolkit.files import atomic_write
 from toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError
 from toolkit.messages import cause_of
 from toolkit.schema import AttributeSchema, extraction_prompt
-from toolkit.store import PREDICT_STAGE, ItemRow, RunStore
+from toolkit.store import INGEST_STAGE, PREDICT_STAGE, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -392,6 +392,8 @@ class Predictor:
         warnings = [
             f"image {r.index}: {r.error}" for r in self.store.images(item.item_id) if not r.usable
         ]
+        # What ingest changed about the photos (EXIF turned, CMYK converted, ...).
+        warnings += [e["message"] for e in self.store.warnings(item.item_id, stage=INGEST_STAGE)]
         clock = time.perf_counter()
         images: dict[int, Image.Image] = {}
         for row in rows:
@@ -722,7 +724,7 @@ def _problem_records(
     """
     by_item: dict[str, list[str]] = {}
     for problem in ingest_problems:
-        if problem.where.startswith("item "):
+        if problem.where.startswith("item ") and problem.level == "error":
             by_item.setdefault(problem.where[5:], []).append(problem.message)
     for item in scope:
         resolved = [catalog.resolve(item, ref) for ref in item.images]

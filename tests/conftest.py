@@ -26,15 +26,19 @@ for _name, _value in {
     os.environ[_name] = _value
 
 
-@pytest.fixture(autouse=True)
-def _environment_restored():
-    """Each test starts with the same environment: an in-process `croptune` command sets
-    variables (toolkit.noise) that a later test's subprocess would otherwise inherit."""
+def _restoring_environment():
     saved = dict(os.environ)
     yield
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+# Each test, and each test module (its module-scoped fixtures are set up before any
+# function-scoped one), starts with the same environment: an in-process `croptune` command
+# sets variables (toolkit.noise) that a later test's subprocess would otherwise inherit.
+_module_environment_restored = pytest.fixture(scope="module", autouse=True)(_restoring_environment)
+_environment_restored = pytest.fixture(autouse=True)(_restoring_environment)
 
 
 @pytest.fixture(scope="session")

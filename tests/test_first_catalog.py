@@ -166,7 +166,11 @@ def test_first_catalog_every_problem_named_nothing_silently_wrong(tmp_path: Path
     assert ("zid", 1, None, None, "file not found") in images
 
     # crop + dataset build: the stock photo's two listings share one split, and it is said
-    assert _croptune("crop", "--run", str(run), cwd=tmp_path).returncode == 0
+    crop = _croptune("crop", "--run", str(run), cwd=tmp_path)
+    assert crop.returncode == 0, crop.stderr
+    # pack's crop is (nearly) its whole 128x128 photo: a pHash duplicate, left out, and said
+    (uncovered,) = [line for line in crop.stdout.splitlines() if "not covered" in line]
+    assert "│ 1 (item(s) pack)" in uncovered
     dataset = tmp_path / "dataset"
     build = _croptune("dataset", "build", "--run", str(run), "--out", str(dataset), cwd=tmp_path)
     assert build.returncode == 0, build.stderr

@@ -293,6 +293,30 @@ def test_cli_maps_a_catalogs_own_column_names(tmp_path, monkeypatch, capsys, col
         assert said in capsys.readouterr().err and not out.exists()
 
 
+def test_what_ingest_changed_about_a_photo_is_in_its_record(tmp_path):
+    folder = tmp_path / "catalog"
+    photo(folder / "turned.jpg", (160, 120), turned=True)
+    Image.new("CMYK", (64, 48), (0, 255, 0, 0)).save(folder / "cmyk.jpg")
+    photo(folder / "plain.png")
+    rows = [
+        {"item_id": "turned", "images": ["turned.jpg"]},
+        {"item_id": "cmyk", "images": ["cmyk.jpg"]},
+        {"item_id": "plain", "images": ["plain.png"]},
+    ]
+    with FakeOpenAI(FixedAnswer(json.dumps(ANSWER))) as server:
+        bundle = load_bundle(write_bundle(tmp_path / "bundle"))
+        summary = predict_catalog(bundle, write_catalog(folder, rows), tmp_path / "p.jsonl",
+                                  endpoint(server))  # fmt: skip
+    records = {r["item_id"]: r for r in read_jsonl(tmp_path / "p.jsonl")}
+    assert records["turned"]["warnings"] == [
+        "image 0 (turned.jpg): EXIF orientation 6 applied (120x160 file, 160x120 oriented; "
+        "boxes are read in the oriented frame)"
+    ]
+    assert records["cmyk"]["warnings"] == ["image 0 (cmyk.jpg): CMYK converted to RGB"]
+    assert "warnings" not in records["plain"]
+    assert summary.warnings["image ...: CMYK converted to RGB"] == ["cmyk"]
+
+
 def test_catalog_problems_become_error_records(tmp_path):
     folder = tmp_path / "catalog"
     photo(folder / "img" / "a.png")

@@ -35,7 +35,7 @@ from toolkit.images import (
     read_image_bytes,
 )
 from toolkit.schema import AttributeSchema
-from toolkit.store import ImageRow, ItemRow, RunStore
+from toolkit.store import INGEST_STAGE, ImageRow, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -670,6 +670,11 @@ class IngestSummary:
     box_convention: BoxConvention = "pixels"
     converted: int = 0  # reference boxes converted from box_convention to pixels
 
+    @property
+    def errors(self) -> list[Problem]:
+        """The problems that left something out (not the warnings: kept, changed as said)."""
+        return [p for p in self.problems if p.level == "error"]
+
 
 def ingest_catalog(
     catalog: Catalog,
@@ -689,7 +694,9 @@ def ingest_catalog(
     )
     for problem in catalog.problems:
         # A catalog problem is met again on every re-run; record it once.
-        store.log_event("ingest", str(problem), item_id=_problem_item(problem), once=True)
+        store.log_event(
+            INGEST_STAGE, str(problem), problem.level, item_id=_problem_item(problem), once=True
+        )
     items = catalog.items[:limit] if limit is not None else catalog.items
     for position, item in enumerate(track(items, "ingest", progress)):
         resolved = [catalog.resolve(item, ref) for ref in item.images]
@@ -702,7 +709,7 @@ def ingest_catalog(
         summary.converted += inspected.converted
         for problem in inspected.problems:
             store.log_event(
-                "ingest", problem.message, problem.level, item_id=item.item_id, once=True
+                INGEST_STAGE, problem.message, problem.level, item_id=item.item_id, once=True
             )
         if not inspected.usable:
             summary.dropped += 1

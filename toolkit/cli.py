@@ -381,7 +381,7 @@ def crop(
     """Cut targeted crops of each image's boxes (the paper's enclosing squares by default)."""
     from toolkit.config import load_stage_config
     from toolkit.crops import CropConfig
-    from toolkit.pipeline import distribution, run_crop
+    from toolkit.pipeline import distribution, format_distribution, run_crop
 
     crop_config = load_stage_config(CropConfig, config, overrides or [], stage="crop")
     summary = run_crop(run, crop_config, _State.progress, workers)
@@ -389,10 +389,12 @@ def crop(
         typer.echo(error, err=True)
 
     def dist(values: list[int]) -> str:
-        d = distribution(values)
-        return f"median {d['median']}, p90 {d['p90']}, max {d['max']}"
+        return format_distribution(distribution(values))
 
     uncovered = str(summary.uncovered)
+    if summary.uncovered_items:
+        shown = summary.uncovered_items[:3] + (["..."] if len(summary.uncovered_items) > 3 else [])
+        uncovered += f" (item(s) {', '.join(shown)})"
     if summary.cut_by_budget:
         uncovered += (
             f" ({summary.cut_by_budget} only because the image budget of "
@@ -573,11 +575,11 @@ def dataset_build(
     rows += [
         (
             "images per example",
-            f"median {images['median']}, mean {images['mean']}, max {images['max']}",
+            f"median {images['median']:g}, mean {images['mean']:g}, max {images['max']}",
         ),
         (
             "image tokens per example",
-            f"median {tokens['median']}, max {tokens['max']} (assuming image_tokens="
+            f"median {tokens['median']:g}, max {tokens['max']} (assuming image_tokens="
             f"{dataset_config.image_tokens} per image"
             + (
                 ", Gemma 3's; for the tiny students pass image_tokens=16)"

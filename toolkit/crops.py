@@ -494,6 +494,7 @@ class CropSummary:
     existing: int = 0
     boxes: int = 0
     uncovered: int = 0
+    uncovered_items: list[str] = field(default_factory=list)  # the items those boxes are of
     cut_by_budget: int = 0
     duplicates: int = 0
     duplicate_originals: int = 0
@@ -800,7 +801,10 @@ def _summarise(
     covered = {box_id for n in kept_crops for box_id in crops[n].box_ids}
     coverable = {box_id for c in fresh for box_id in c.box_ids}
     box_ids = [box_id for box_id, _ in entry.boxed]
-    summary.uncovered += sum(1 for b in box_ids if b not in covered)
+    uncovered = sum(1 for b in box_ids if b not in covered)
+    summary.uncovered += uncovered
+    if uncovered:
+        summary.uncovered_items.append(entry.item_id)
     summary.cut_by_budget += sum(1 for b in box_ids if b not in covered and b in coverable)
     dup_originals = sum(1 for i in entry.originals if duplicates.get(i) is not None)
     summary.duplicate_originals += dup_originals

@@ -423,6 +423,13 @@ def distribution(values: list[int]) -> dict[str, float]:
     return {"median": statistics.median(ordered), "p90": p90, "max": ordered[-1]}
 
 
+def format_distribution(d: dict[str, float]) -> str:
+    """'median 7, p90 9, max 9' (a half-way median as 7.5)."""
+    if not d:
+        return "n/a"
+    return f"median {d['median']:g}, p90 {d['p90']:g}, max {d['max']:g}"
+
+
 @dataclass
 class DemoSummary:
     """The demo's headline numbers, one per stage."""
@@ -451,9 +458,6 @@ class DemoSummary:
     def rows(self) -> list[tuple[str, str]]:
         """(what, value) rows of the summary table."""
 
-        def dist(d: dict[str, float]) -> str:
-            return f"median {d.get('median')}, p90 {d.get('p90')}, max {d.get('max')}"
-
         loss = (
             f"{self.first_loss:.3f} -> {self.last_loss:.3f} ({self.train_steps} steps)"
             if self.first_loss is not None and self.last_loss is not None
@@ -463,8 +467,8 @@ class DemoSummary:
             ("items labeled", f"{self.labeled} of {self.items} ({self.errors} errors)"),
             ("teacher boxes", str(self.boxes)),
             ("crops", str(self.crops)),
-            ("images per item, one crop per box", dist(self.images_before)),
-            ("images per item, enclosing squares", dist(self.images_after)),
+            ("images per item, one crop per box", format_distribution(self.images_before)),
+            ("images per item, enclosing squares", format_distribution(self.images_after)),
             ("examples train/validation/test", "/".join(str(v) for v in self.examples.values())),
             ("train loss first -> last", loss),
             (
@@ -508,7 +512,7 @@ def run_demo(
     with clock("label"):
         ingest, labels = run_label(catalog_path, label_config, run_dir, progress=progress)
     summary.items = ingest.stored + ingest.unchanged + ingest.dropped
-    summary.errors = len(ingest.problems) + labels.failed
+    summary.errors = len(ingest.errors) + labels.failed
     with clock("crop"):
         crops = run_crop(run_dir, CropConfig(), progress)
     with RunStore(run_dir, create=False) as store, clock("report"):

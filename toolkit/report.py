@@ -59,7 +59,7 @@ from toolkit.boxes import Box
 from toolkit.crops import FUSED_SOURCE
 from toolkit.files import atomic_write
 from toolkit.metrics import normalise
-from toolkit.store import PREDICT_STAGE, CropRow, ImageRow, ItemRow, RunStore
+from toolkit.store import INGEST_STAGE, PREDICT_STAGE, CropRow, ImageRow, ItemRow, RunStore
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -80,7 +80,6 @@ FUSED_COLOUR = "#ff00ff"  # magenta, drawn thicker and underneath the teachers' 
 BOX_AGREE_IOU = 0.5
 JPEG_QUALITY = 85
 TEMPLATE = "report.html.j2"
-INGEST_STAGE = "ingest"  # toolkit.catalog.ingest_catalog's events
 
 # What an item's badge says for each flag.
 FLAG_NAMES = {

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
 
 # The stage whose latest run `outcomes` holds in a predict work folder (finetune.predict).
 PREDICT_STAGE = "predict"
+# The stage of toolkit.catalog.ingest_catalog's events.
+INGEST_STAGE = "ingest"
 
 
 @dataclass(frozen=True)
