@@ -42,13 +42,16 @@ def label_with_batches(
     prices: dict[str, Price] | None = None,
     progress: bool = False,
     poll_interval_s: float = 30.0,
+    fusion: FusionConfig | None = None,
 ) -> LabelSummary:
     """Label with the Batch API for OpenAI attributes teachers, the usual path for the rest."""
     batched = [
         t for t in teachers if isinstance(t, OpenAITeacher) and t.config.role == "attributes"
     ]
     others = [t for t in teachers if t not in batched]
-    summary = label_items(store, others, limit, progress, prices) if others else LabelSummary()
+    summary = (
+        label_items(store, others, limit, progress, prices, fusion) if others else LabelSummary()
+    )
     for teacher in batched:
         summary.spend.setdefault(teacher.name, Spend())
         asyncio.run(_run_teacher(store, teacher, limit, prices or {}, summary, poll_interval_s))

@@ -345,6 +345,35 @@ def test_batch_api_collects_and_resumes_without_paying_twice(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("batch", [False, True])  # label --batch dropped the policy once
+@pytest.mark.parametrize(
+    ("policy", "fused"),
+    [
+        # the two teachers' boxes, equally scored, averaged
+        ("weighted", [105.0, 50.0, 185.0, 90.0]),
+        # their union
+        ("union", [100.0, 50.0, 190.0, 90.0]),
+    ],
+)
+def test_the_configured_fusion_policy_is_used_with_and_without_batch(
+    tmp_path, policy, fused, batch
+):
+    catalog = _write_catalog(tmp_path, [{"size": (300, 200), "square": (100, 50, 180, 90)}])
+    shifted = FixedAnswer(json.dumps([{"bbox_2d": [110, 50, 190, 90], "label": "red square"}]))
+    with FakeOpenAI(RedSquareBoxes("pixels")) as exact, FakeOpenAI(shifted) as other:
+        store = RunStore(tmp_path / "run")
+        ingest_catalog(load_catalog(catalog), store)
+        teachers = [_teacher(exact, name="a"), _teacher(other, name="b")]
+        config = FusionConfig(policy=policy)
+        if batch:
+            label_with_batches(store, teachers, fusion=config, poll_interval_s=0.01)
+        else:
+            label_items(store, teachers, fusion=config)
+    (box,) = [b for _, b in store.boxes("I0") if b.source == "fused"]
+    assert list(box.xyxy) == pytest.approx(fused)
+    store.close()
+
+
 def test_relabel_sends_originals_and_crops_and_makes_the_final_labels(tmp_path):
     from toolkit.crops import CropConfig, crop_run
 

@@ -66,7 +66,10 @@ def run_label(
         if batch:
             from teacher_labeling.batch import label_with_batches
 
-            return ingest, label_with_batches(store, teachers, limit, config.prices, progress)
+            summary = label_with_batches(
+                store, teachers, limit, config.prices, progress, fusion=config.fusion
+            )
+            return ingest, summary
         summary = label_items(store, teachers, limit, progress, config.prices, config.fusion)
     return ingest, summary
 
