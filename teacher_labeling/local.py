@@ -130,19 +130,27 @@ class LocalTeacher(Teacher):
                     f"local model {self.config.model!r} failed: {type(exc).__name__}: {exc}"
                 ) from exc
 
+    def encode(self, request: TeacherRequest) -> Any:
+        """The processor's model inputs for one request (the model must be loaded)."""
+        processor = self._processor
+        text = processor.apply_chat_template(
+            self.messages(request), add_generation_prompt=True, tokenize=False
+        )
+        return processor(
+            text=[text],
+            images=list(request.images) or None,
+            return_tensors="pt",
+            # The chat template already starts with <bos> (Gemma); the tokenizer's own
+            # would be a second one, which the model never saw in training.
+            add_special_tokens=False,
+            **self.processor_kwargs(),
+        )
+
     def _generate(self, request: TeacherRequest) -> TeacherAnswer:
         import torch
 
         processor, model = self._processor, self._model
-        text = processor.apply_chat_template(
-            self.messages(request), add_generation_prompt=True, tokenize=False
-        )
-        inputs = processor(
-            text=[text],
-            images=list(request.images) or None,
-            return_tensors="pt",
-            **self.processor_kwargs(),
-        )
+        inputs = self.encode(request)
         if self.config.coords == "qwen2.5-vl" and request.image is not None:
             _check_kept_size(request, inputs, processor)
         inputs = inputs.to(model.device)

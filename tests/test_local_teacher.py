@@ -157,6 +157,31 @@ def test_junk_answers_reach_the_parsers_safely(teacher):
             parse_attributes(text, schema)
 
 
+@pytest.mark.parametrize("family", ["gemma3", "qwen2.5-vl"])
+def test_the_prompt_has_the_templates_tokens_only(family, tiny_qwen, tiny_student):
+    # The chat template writes Gemma's <bos>; the tokenizer adding its own made two.
+    if family == "gemma3":
+        teacher = LocalTeacher(
+            TeacherConfig(name="g", role="attributes", kind="local", model=str(tiny_student),
+                          coords="pixels", max_tokens=MAX_TOKENS),
+            load_schema(),
+        )  # fmt: skip
+    else:
+        teacher = _teacher(tiny_qwen, role="attributes")
+    request = teacher.attributes_request(ITEM, [_photo(64, 48)], ["h0"])
+    teacher._load_locked()
+    ids = teacher.encode(request)["input_ids"][0].tolist()
+    tokenizer = teacher._processor.tokenizer
+    rendered = teacher._processor.apply_chat_template(
+        teacher.messages(request), add_generation_prompt=True, tokenize=False
+    )
+    if tokenizer.bos_token_id is not None and rendered.startswith(tokenizer.bos_token):
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert tokenizer.decode(ids[:3]) == tokenizer.decode(
+        tokenizer(rendered, add_special_tokens=False)["input_ids"][:3]
+    )
+
+
 def test_a_missing_model_is_a_clear_error(tmp_path):
     missing = tmp_path / "no-such-model"
     teacher = _teacher(missing)
