@@ -6,6 +6,7 @@ name every problem, keep the other items whole, and exit with a code that means 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sqlite3
@@ -13,16 +14,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
 import pytest
-import ultralytics
 from PIL import Image
 
 import toolkit
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
-ASSETS = Path(ultralytics.__file__).parent / "assets"
-SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"
+
+
+def _package_folder(name: str) -> Path:
+    """An installed package's folder, without importing it (ultralytics patches PIL on import)."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None, f"{name} is not installed"
+    return Path(spec.origin).parent
+
+
+ASSETS = _package_folder("ultralytics") / "assets"
+SAMPLES = _package_folder("matplotlib") / "mpl-data" / "sample_data"
 
 
 def _attributes(**fields: str) -> dict:
