@@ -41,6 +41,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy  # the four packages, as [tool.mypy] in pyproject.toml says
 
 test: lint vllm-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -10,7 +10,7 @@ sticker with a ~14 px mark of CE / UKCA / FCC / RoHS), the same stages a user ru
     Gemma 3, every weight trained) -> evaluate (greedy generation, parsed, scored)
 
 for several training seeds, through the Python entry points behind the CLI
-(toolkit.pipeline.run_label / run_crop / run_dataset / run_evaluate, finetune.train.train).
+(croptune.pipeline.run_label / run_crop / run_dataset / run_evaluate, finetune.train.train).
 The student sees 112x112 images: the mark is ~3.5 px in a downscaled photo and ~30 px in
 the crop (a ~53 px square: the sticker box, its 10% margin, min_side 48). A label-schema
 file holding only regulatory_safety.certification_marks keeps the prompt shorter (the
@@ -144,11 +144,11 @@ def _init_worker(threads: int) -> None:
 
 def prepare(settings: Settings) -> dict[str, Any]:
     """Catalog -> label (reference teacher) -> crop -> one dataset per strategy."""
+    from croptune.pipeline import run_crop, run_dataset, run_label
     from finetune.students import load_preset
     from teacher_labeling.teachers import LabelConfig
     from toolkit.crops import CropConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_crop, run_dataset, run_label
     from toolkit.synthetic import make_marks_catalog
 
     work = Path(settings.workdir)
@@ -287,9 +287,9 @@ def mark_accuracy_callback(dataset_dir: Path, every: int, limit: int | None) -> 
 
 def train_and_evaluate(settings: Settings, strategy: str, seed: int, dataset_dir: str) -> RunResult:
     """Train tiny-scratch on one strategy's dataset with one seed, then score the test split."""
+    from croptune.pipeline import run_evaluate
     from finetune.train import TrainConfig, save_train_config, train
     from toolkit.metrics import field_values
-    from toolkit.pipeline import run_evaluate
 
     out = Path(settings.workdir) / "runs" / f"{strategy.replace('+', '_')}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)

@@ -153,8 +153,8 @@ def dist(values: list[int]) -> str:
 
 # Part 2: images per item on the example catalog
 def strategies_on_example(folder: Path) -> None:
+    from croptune.pipeline import run_label
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
-    from toolkit.pipeline import run_label
     from toolkit.synthetic import make_example_catalog
 
     catalog = make_example_catalog(folder / "example", 30, seed=0)

@@ -47,13 +47,13 @@ MIN_CONF = 0.001
 
 def setup_bundle(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
     """Train catalog -> label -> crop -> dataset -> student + detector -> bundle (reused)."""
+    from croptune.pipeline import run_crop, run_dataset, run_label
     from finetune.detector import DetectorConfig, train_detector
     from finetune.export import export_bundle
     from finetune.train import TrainConfig, train
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
     from toolkit.crops import CropConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_crop, run_dataset, run_label
     from toolkit.synthetic import make_example_catalog
 
     seconds: dict[str, float] = {}

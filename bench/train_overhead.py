@@ -84,10 +84,10 @@ def sandbox(workdir: Path) -> None:
 # Setup: the demo's offline pipeline, once
 def build_datasets(workdir: Path) -> dict[str, Path]:
     """Example catalog -> reference labels -> crops -> one dataset per strategy."""
+    from croptune.pipeline import run_crop, run_dataset, run_label
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
     from toolkit.crops import CropConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_crop, run_dataset, run_label
     from toolkit.synthetic import make_example_catalog
 
     folders = {s: workdir / f"dataset-{s.replace('+', '-')}" for s in STRATEGIES}

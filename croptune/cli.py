@@ -6,11 +6,16 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from toolkit.errors import CroptuneError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pydantic import BaseModel
 
 app = typer.Typer(
     name="croptune",
@@ -146,7 +151,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the catalog, split and training."),
 ) -> None:
     """Run the whole pipeline offline on the bundled example catalog."""
-    from toolkit.pipeline import run_demo
+    from croptune.pipeline import run_demo
 
     summary = run_demo(workdir, n_items=items, max_steps=steps, seed=seed, progress=_State.progress)
     _table(f"croptune demo ({workdir})", summary.rows())
@@ -255,8 +260,8 @@ def label(
     overrides: list[str] = _overrides_argument("label"),
 ) -> None:
     """Ingest a catalog and label it with teacher models (resumable)."""
+    from croptune.pipeline import run_label
     from teacher_labeling.teachers import load_label_config
-    from toolkit.pipeline import run_label
 
     label_config = load_label_config(config, overrides or [])
     if allow_outside_paths:
@@ -379,9 +384,9 @@ def crop(
     overrides: list[str] = _overrides_argument("crop"),
 ) -> None:
     """Cut targeted crops of each image's boxes (the paper's enclosing squares by default)."""
+    from croptune.pipeline import distribution, format_distribution, run_crop
     from toolkit.config import load_stage_config
     from toolkit.crops import CropConfig
-    from toolkit.pipeline import distribution, format_distribution, run_crop
 
     crop_config = load_stage_config(CropConfig, config, overrides or [], stage="crop")
     summary = run_crop(run, crop_config, _State.progress, workers)
@@ -427,8 +432,8 @@ def relabel(
     overrides: list[str] = _overrides_argument("label"),
 ) -> None:
     """Better labels: ask the attributes teachers again with originals + crops."""
+    from croptune.pipeline import run_relabel
     from teacher_labeling.teachers import load_label_config
-    from toolkit.pipeline import run_relabel
 
     label_config = load_label_config(config, overrides or [])
     result = run_relabel(run, label_config, dry_run, _State.progress)
@@ -460,7 +465,7 @@ def labels_export(
     from toolkit.dataset import SPLIT_KEYS, DatasetConfig
     from toolkit.store import RunStore
 
-    writers = {
+    writers: dict[str, Callable[..., int | export.DetectionExport]] = {
         "jsonl": export.export_labels_jsonl,
         "coco": export.export_labels_coco,
         "yolo": export.export_labels_yolo,
@@ -548,9 +553,9 @@ def dataset_build(
     overrides: list[str] = _overrides_argument("dataset"),
 ) -> None:
     """Build a train/validation/test DatasetDict of multi-image examples."""
+    from croptune.pipeline import run_dataset
     from toolkit.config import load_stage_config
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_dataset
 
     # --strategy only when given: its default must not override the config file's strategy.
     given = [f"strategy={strategy}"] if strategy is not None else []
@@ -673,7 +678,7 @@ def evaluate(
     ),
 ) -> None:
     """Field-level precision/recall/F1, JSON validity and speed of models on a dataset split."""
-    from toolkit.pipeline import run_evaluate
+    from croptune.pipeline import run_evaluate
 
     models = list(model or [])
     target = out or _default_eval_dir(models)
@@ -927,8 +932,8 @@ def predict(
     ),
 ) -> None:
     """Boxes -> the training-time crops -> student -> one JSON per item (resumable)."""
+    from croptune.pipeline import run_predict
     from toolkit.catalog import parse_column_mapping
-    from toolkit.pipeline import run_predict
 
     summary = run_predict(
         catalog,
@@ -1079,11 +1084,13 @@ def _init_files(items: int, seed: int) -> dict[Path, bytes]:
     from toolkit.synthetic import make_example_catalog
 
     files = {Path(name): text.encode() for name, text in packaged_configs().items()}
-    generated = {
+    generated: dict[str, tuple[type[BaseModel], str, str]] = {
         "dataset.yaml": (DatasetConfig, "dataset build --run RUN --out DATASET", "dataset"),
         "detector.yaml": (DetectorConfig, "detector train --run RUN --out DETECTOR", "detector"),
     }
     for name, (cls, command, stage) in generated.items():
+        if not cls.__doc__:
+            raise TypeError(f"{cls.__name__} has no docstring to head {name} with")
         header = (
             f"# {cls.__doc__.splitlines()[0]} Every key at its default.\n"
             f"#   croptune {command} --config {name} [key=value ...]\n"
@@ -1171,5 +1178,5 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":  # `python -m toolkit.cli`, as `accelerate launch -m` runs it
+if __name__ == "__main__":  # `python -m croptune.cli`, as `accelerate launch -m` runs it
     main()

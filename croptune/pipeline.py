@@ -8,7 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +19,15 @@ from toolkit.dataset import DatasetConfig, DatasetSummary, build_dataset
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import RunStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from finetune.evaluate import EvaluationResult
+    from finetune.infer import TransformersBackend
+    from finetune.predict import BoxSource, PredictSummary
+    from teacher_labeling.endpoint import EndpointBackend
+    from toolkit.answers import AnswerBackend
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +138,7 @@ EVAL_CACHE_DIR = "cache"  # inside the evaluation folder: endpoint answers (a Ru
 
 def model_backend(
     value: str, cache_dir: Path | None = None, batch_size: int = 4, max_new_tokens: int = 256
-) -> Any:
+) -> TransformersBackend | EndpointBackend:
     """The answer backend a --model value names.
 
     An endpoint YAML (`*.yaml`: an OpenAI-compatible server), a bundle (its `merged/` model
@@ -142,18 +151,23 @@ def model_backend(
     if is_endpoint_config(value):
         return EndpointBackend(load_endpoint_config(value), cache_dir, max_new_tokens)
     path = Path(value)
-    options = {"name": value, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+
+    def student(model: str, adapter: Path | None = None) -> TransformersBackend:
+        return TransformersBackend(
+            model, adapter, name=value, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
+
     if (path / "croptune.yaml").is_file():
         if (path / "merged" / "config.json").is_file():
-            return TransformersBackend(str(path / "merged"), **options)
+            return student(str(path / "merged"))
         manifest = yaml.safe_load((path / "croptune.yaml").read_text(encoding="utf-8")) or {}
         if not manifest.get("base_model"):
             raise CroptuneError(f"bundle {path} names no base_model in croptune.yaml")
-        return TransformersBackend(manifest["base_model"], path / "adapter", **options)
+        return student(manifest["base_model"], path / "adapter")
     if (path / "adapter_config.json").is_file():
         from finetune.export import base_model_of
 
-        return TransformersBackend(base_model_of(path), path, **options)
+        return student(base_model_of(path), path)
     if value.lower().endswith((".yaml", ".yml")):
         raise CroptuneError(f"endpoint config {value} does not exist")
     # Checked now, not after the models before it have run; hub ids never start so.
@@ -164,7 +178,7 @@ def model_backend(
             f"{value} is not a model folder (no config.json), an adapter folder "
             "(adapter_config.json) or a bundle (croptune.yaml)"
         )
-    return TransformersBackend(value, **options)
+    return student(value)
 
 
 PREDICT_ANSWERS_DIR = "answers"  # inside predict's work folder: endpoint answers (a RunStore)
@@ -188,7 +202,7 @@ def run_predict(
     allow_outside: bool = False,
     columns: dict[str, str] | None = None,
     progress: bool = False,
-) -> Any:
+) -> PredictSummary:
     """Predict a catalog with a bundle: its box source (or box_source), its crops, its student.
 
     The student runs in-process (the bundle's merged/ model, or base + adapter/), or behind
@@ -210,7 +224,7 @@ def run_predict(
         raise CroptuneError(f"unknown box source {source!r}; use detector, teacher or none")
     if teacher_config is not None and source != "teacher":
         raise CroptuneError("--teacher-config is for --box-source teacher")
-    boxes: Any = NoBoxes()
+    boxes: BoxSource = NoBoxes()
     if source == "detector":
         if bundle.detector_dir is None:
             raise CroptuneError(
@@ -222,12 +236,17 @@ def run_predict(
         from teacher_labeling.box_source import TeacherBoxes, box_teacher_config
 
         recorded = bundle.manifest.get("box_teacher")
-        if teacher_config is None and not recorded:
+        teacher: dict[str, Any] | Path | str
+        if teacher_config is not None:
+            teacher = teacher_config
+        elif recorded:
+            teacher = recorded
+        else:
             raise CroptuneError(
                 "--box-source teacher needs --teacher-config FILE (a teacher config, or a label "
                 "config with one box teacher), or a box_teacher: section in croptune.yaml"
             )
-        boxes = TeacherBoxes(box_teacher_config(teacher_config or recorded), bundle.schema)
+        boxes = TeacherBoxes(box_teacher_config(teacher), bundle.schema)
     workdir = workdir or default_workdir(out)
     if endpoint is not None:
         from teacher_labeling.endpoint import (
@@ -247,15 +266,15 @@ def run_predict(
             config = EndpointConfig(
                 name=name, model=name, base_url=endpoint, api_key_env=api_key_env
             )
-        backend = EndpointBackend(
+        backend: AnswerBackend = EndpointBackend(
             config, workdir / PREDICT_ANSWERS_DIR, max_new_tokens or bundle.max_new_tokens
         )
+        # Items in flight at once: the endpoint's own concurrency.
+        batch_size = max(batch_size, min(config.max_concurrency, 32))
     else:
         if model is not None or api_key_env is not None:
             raise CroptuneError("--model and --api-key-env go with --endpoint URL")
         backend = bundle_backend(bundle, base_model, batch_size, max_new_tokens)
-    if endpoint is not None:  # items in flight at once: the endpoint's own concurrency
-        batch_size = max(batch_size, min(backend.config.max_concurrency, 32))
     try:
         return predict_catalog(
             bundle,
@@ -316,7 +335,7 @@ def teacher_labels(source: Path, item_ids: list[str]) -> dict[str, dict[str, Any
     return per_teacher
 
 
-def _unique_names(backends: list[Any]) -> None:
+def _unique_names(backends: list[AnswerBackend]) -> None:
     """Two --model values with one name get numbered, so each row stays identifiable."""
     seen: dict[str, int] = {}
     for backend in backends:
@@ -326,7 +345,7 @@ def _unique_names(backends: list[Any]) -> None:
 
 
 def run_evaluate(
-    models: list[Any],
+    models: Sequence[str | AnswerBackend],
     dataset_dir: Path,
     out_dir: Path,
     split: str = "test",
@@ -336,7 +355,7 @@ def run_evaluate(
     batch_size: int = 4,
     max_new_tokens: int = 256,
     progress: bool = False,
-) -> list[Any]:
+) -> list[EvaluationResult]:
     """Score every model (and teacher) on a split; write the comparison into out_dir.
 
     models: --model values (see model_backend) or answer backends.
@@ -353,7 +372,7 @@ def run_evaluate(
         raise CroptuneError("nothing to evaluate: pass --model (or --teacher-labels)")
     rows = load_split(dataset_dir, split, limit)
     schema = dataset_schema(dataset_dir)
-    backends = [
+    backends: list[AnswerBackend] = [
         model_backend(m, out_dir / EVAL_CACHE_DIR, batch_size, max_new_tokens)
         if isinstance(m, str)
         else m
@@ -451,7 +470,7 @@ class DemoSummary:
     f1: float | None = None
     base_f1: float | None = None
     json_valid: float | None = None
-    evaluation: list[Any] = field(default_factory=list)  # base and student results
+    evaluation: list[EvaluationResult] = field(default_factory=list)  # base and student results
     adapter: Path | None = None
     bundle: Path | None = None
     report: Path | None = None

@@ -828,7 +828,7 @@ def _path_free_checkpoint(weights: Path) -> None:
         checkpoint["train_args"] = _without_paths(args)
     for key in ("model", "ema"):
         model = checkpoint.get(key)
-        if isinstance(getattr(model, "args", None), dict):
+        if model is not None and isinstance(getattr(model, "args", None), dict):
             model.args = _without_paths(model.args)
     torch.save(checkpoint, weights)
 

@@ -84,7 +84,8 @@ def load_student(model: str, adapter: Path | None = None) -> tuple[Any, Any]:
             processor_source = str(adapter)
     processor = AutoProcessor.from_pretrained(processor_source)
     if on_gpu:
-        loaded = loaded.to("cuda")
+        # transformers' wrapper around Module.to hides its signature (it reads "cuda" as self).
+        loaded = loaded.to("cuda")  # type: ignore[arg-type]
     return loaded.eval(), processor
 
 
@@ -119,7 +120,7 @@ def generate_answers(
 
 
 def _generate_batch(
-    model: Any, processor: Any, batch: list[Example], max_new_tokens: int
+    model: Any, processor: Any, batch: Sequence[Example], max_new_tokens: int
 ) -> list[tuple[str, str | None]]:
     """(answer, why generation was cut short or None) per example: greedy, batched."""
     import torch
@@ -193,13 +194,17 @@ class TransformersBackend:
 
     def prepare(self) -> None:
         """Load the model (once)."""
+        self._load()
+
+    def _load(self) -> tuple[Any, Any]:
+        """The (model, processor), loaded on the first call."""
         if self._loaded is None:
             self._loaded = load_student(self.model, self.adapter)
+        return self._loaded
 
     def answer(self, examples: Sequence[Example], progress: bool = False) -> list[GeneratedAnswer]:
         """Greedy answers; each example's seconds are its batch's time divided by the batch size."""
-        self.prepare()
-        model, processor = self._loaded
+        model, processor = self._load()
         answers: list[GeneratedAnswer] = []
         with ProgressBar(f"answer ({self.name})", len(examples), progress) as bar:
             for start in range(0, len(examples), self.batch_size):

@@ -140,20 +140,24 @@ def bundle_backend(
     """
     from finetune.infer import TransformersBackend
 
-    options = {
-        "name": bundle.lora_name,
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens or bundle.max_new_tokens,
-    }
+    name, answer_tokens = bundle.lora_name, max_new_tokens or bundle.max_new_tokens
     merged = bundle.path / "merged"
     if base_model is None and (merged / "config.json").is_file():
-        return TransformersBackend(str(merged), **options)
+        return TransformersBackend(
+            str(merged), name=name, batch_size=batch_size, max_new_tokens=answer_tokens
+        )
     base = base_model or bundle.manifest.get("base_model")
     if not base:
         raise CroptuneError(f"bundle {bundle.path} names no base_model; pass --base-model")
     if not (bundle.path / "adapter" / "adapter_config.json").is_file():
         raise CroptuneError(f"bundle {bundle.path} holds no adapter/adapter_config.json")
-    return TransformersBackend(base, bundle.path / "adapter", **options)
+    return TransformersBackend(
+        base,
+        bundle.path / "adapter",
+        name=name,
+        batch_size=batch_size,
+        max_new_tokens=answer_tokens,
+    )
 
 
 # ---------------------------------------------------------------------------- box sources
@@ -677,12 +681,12 @@ def _run_items(
                     record = predictor.finish(prepared, answer)
                 except (_Failed, ValueError, TypeError, KeyError, RecursionError) as exc:
                     # An answer no check foresaw fails its item alone; the others go on.
-                    failure = (
+                    answer_failure = (
                         exc
                         if isinstance(exc, _Failed)
                         else _Failed("parse", f"{type(exc).__name__}: {exc}"[:500])
                     )
-                    record = predictor.fail(prepared.item.item_id, failure)
+                    record = predictor.fail(prepared.item.item_id, answer_failure)
                     # what the student was shown, to look into a bad answer
                     record.update(boxes=prepared.record["boxes"], images=prepared.record["images"])
                 for stage in STAGES:

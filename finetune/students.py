@@ -12,12 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from toolkit.errors import CroptuneError
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
+    from transformers import (
+        Gemma3ForConditionalGeneration,
+        Gemma3Processor,
+        PreTrainedTokenizerBase,
+        Qwen2Tokenizer,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +166,16 @@ class StudentPreset(BaseModel):
 
     @model_validator(mode="after")
     def _pixel_budget_fits_the_family(self) -> StudentPreset:
-        pixels = (self.min_pixels, self.max_pixels)
+        min_pixels, max_pixels = self.min_pixels, self.max_pixels
         if self.family == "gemma3":
-            if pixels != (None, None):
+            if (min_pixels, max_pixels) != (None, None):
                 raise ValueError("min_pixels/max_pixels apply to qwen2_5_vl only (Gemma 3 resizes)")
             return self
-        if None in pixels:
+        if min_pixels is None or max_pixels is None:
             raise ValueError("a qwen2_5_vl preset needs min_pixels and max_pixels")
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
-        most = self.max_pixels // QWEN_PIXELS_PER_TOKEN
+        if min_pixels > max_pixels:
+            raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}")
+        most = max_pixels // QWEN_PIXELS_PER_TOKEN
         if self.image_tokens != most:
             raise ValueError(
                 f"image_tokens must be max_pixels / 784 = {most} for qwen2_5_vl, "
@@ -187,7 +197,7 @@ def lora_targets(family: str, parts: list[str] | tuple[str, ...]) -> tuple[str, 
     return modules, [name for t in targets for name in t.parameters]
 
 
-def _presets_dir() -> resources.abc.Traversable:
+def _presets_dir() -> Traversable:
     return resources.files("finetune") / "presets"
 
 
@@ -357,7 +367,9 @@ def _with_newline_runs(
     return {token: i for i, token in enumerate(ordered)}, list(runs.values()) + merges
 
 
-def _tiny_gemma3_processor(lines: list[str] | None = None, words: tuple[str, ...] = ()) -> object:
+def _tiny_gemma3_processor(
+    lines: list[str] | None = None, words: tuple[str, ...] = ()
+) -> Gemma3Processor:
     """The tiny Gemma 3 processor; words: whole words the vocabulary must hold as one token."""
     from transformers import Gemma3ImageProcessor, Gemma3Processor, GemmaTokenizer
     from trl.chat_template_utils import gemma3_chat_template
@@ -366,7 +378,8 @@ def _tiny_gemma3_processor(lines: list[str] | None = None, words: tuple[str, ...
     vocab, merges = _train_tiny_bpe(lines or _corpus_lines(), _TINY_VOCAB_SIZE - len(words))
     tokenizer = GemmaTokenizer(
         vocab=vocab,
-        merges=merges,
+        # transformers annotates merges as "a b" strings; the tokenizers BPE takes pairs too.
+        merges=merges,  # type: ignore[arg-type]
         # transformers 5 reads model-specific special tokens from this dict; Gemma3Processor
         # looks up tokenizer.boi_token / eoi_token / image_token.
         extra_special_tokens={
@@ -392,6 +405,12 @@ def _tiny_gemma3_processor(lines: list[str] | None = None, words: tuple[str, ...
     )
 
 
+def _id_of(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
+    """token -> its id."""
+    # convert_tokens_to_ids gives one int for one token (a list only for a list of tokens).
+    return cast("Callable[[str], int]", tokenizer.convert_tokens_to_ids)
+
+
 @dataclass(frozen=True)
 class _Gemma3Sizes:
     """Sizes of a tiny Gemma 3 and how its random weights start."""
@@ -415,7 +434,9 @@ _TINY_SIZES = _Gemma3Sizes(64, 128, 2, 32, 64, 1, 2, embedding_scale=10.0)
 _SCRATCH_SIZES = _Gemma3Sizes(128, 256, 4, 128, 256, 4, 4)
 
 
-def _tiny_gemma3_model(tokenizer: object, seed: int, sizes: _Gemma3Sizes = _TINY_SIZES) -> object:
+def _tiny_gemma3_model(
+    tokenizer: PreTrainedTokenizerBase, seed: int, sizes: _Gemma3Sizes = _TINY_SIZES
+) -> Gemma3ForConditionalGeneration:
     import torch
     from transformers import (
         Gemma3Config,
@@ -424,7 +445,7 @@ def _tiny_gemma3_model(tokenizer: object, seed: int, sizes: _Gemma3Sizes = _TINY
         SiglipVisionConfig,
     )
 
-    ids = tokenizer.convert_tokens_to_ids
+    ids = _id_of(tokenizer)
     text_config = Gemma3TextConfig(
         vocab_size=_TINY_VOCAB_SIZE,
         hidden_size=sizes.hidden,
@@ -468,7 +489,7 @@ def _tiny_gemma3_model(tokenizer: object, seed: int, sizes: _Gemma3Sizes = _TINY
         # left so, every image feature is 0, images cannot change the answer and the vision
         # tower gets no gradient. Random like the other weights, images reach the decoder.
         projector = model.model.multi_modal_projector.mm_input_projection_weight
-        projector.normal_(std=config.text_config.initializer_range)
+        projector.normal_(std=text_config.initializer_range)  # config holds this text_config
     # Stop at <end_of_turn> like the real Gemma 3 instruct models.
     model.generation_config.eos_token_id = [ids("<eos>"), ids("<end_of_turn>")]
     model.generation_config.pad_token_id = ids("<pad>")
@@ -566,7 +587,7 @@ def _qwen_corpus_lines() -> list[str]:
     return lines
 
 
-def _tiny_qwen_tokenizer() -> object:
+def _tiny_qwen_tokenizer() -> Qwen2Tokenizer:
     from tokenizers import (
         AddedToken,
         Regex,
@@ -600,10 +621,11 @@ def _tiny_qwen_tokenizer() -> object:
     state = json.loads(bpe.to_str())["model"]
     tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"],
-        merges=[tuple(m) for m in state["merges"]],
+        # transformers annotates merges as "a b" strings; the tokenizers BPE takes pairs too.
+        merges=[tuple(m) for m in state["merges"]],  # type: ignore[misc]
         eos_token="<|im_end|>",  # as the Instruct checkpoints: generation stops at the turn end
         pad_token="<|endoftext|>",
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # annotated str; None means none (byte BPE)
         extra_special_tokens={
             "image_token": "<|image_pad|>",
             "video_token": "<|video_pad|>",
@@ -638,7 +660,7 @@ def build_tiny_qwen25vl(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _tiny_qwen_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
+    ids = _id_of(tokenizer)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(
             min_pixels=_TINY_QWEN_MIN_PIXELS, max_pixels=_TINY_QWEN_MAX_PIXELS
@@ -655,7 +677,7 @@ def build_tiny_qwen25vl(out_dir: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=32,
+        head_dim=32,  # type: ignore[call-arg]  # not a declared field; read via **kwargs
         max_position_embeddings=4096,
         # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width).
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,9 @@ from finetune.students import LORA_TARGETS, lora_targets
 from toolkit.config import ConfigPath, dump_config, load_stage_config
 from toolkit.dataset import dataset_features, example_row  # noqa: F401 - one row shape, re-exported
 from toolkit.errors import CroptuneError
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
 
 logger = logging.getLogger(__name__)
 
@@ -530,8 +533,10 @@ def apply_image_options(processor: Any, config: TrainConfig, preset: Any = None)
     if any(value is not None for value in pixels.values()):
         # Qwen2-VL-style processors keep their pixel budget as size.shortest/longest_edge.
         size = getattr(image_processor, "size", None)
-        if getattr(size, "longest_edge", None) is None or not hasattr(
-            image_processor, "merge_size"
+        if (
+            size is None
+            or getattr(size, "longest_edge", None) is None
+            or not hasattr(image_processor, "merge_size")
         ):
             raise CroptuneError(
                 f"image_min_pixels/image_max_pixels are Qwen2.5-VL options; this student uses {kind}"
@@ -553,7 +558,7 @@ def image_processor_kwargs(processor: Any) -> dict[str, Any]:
     inference; vLLM: --mm-processor-kwargs).
     """
     image_processor = getattr(processor, "image_processor", None)
-    if not getattr(image_processor, "do_pan_and_scan", False):
+    if image_processor is None or not getattr(image_processor, "do_pan_and_scan", False):
         return {}
     return {
         "do_pan_and_scan": True,
@@ -586,6 +591,7 @@ def build_trainer(
     silence_known_warnings()
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from finetune.students import load_preset, resolve_student
 
@@ -621,8 +627,11 @@ def build_trainer(
         callbacks=[_progress_callback(progress), *(callbacks or [])],
     )
     extra = image_processor_kwargs(processor)
-    if extra:
-        trainer.data_collator.processor = _ProcessorWithImageKwargs(processor, extra)
+    collator = trainer.data_collator
+    # Image options exist only with images, whose examples SFTTrainer's vision collator takes.
+    if extra and isinstance(collator, DataCollatorForVisionLanguageModeling):
+        # A stand-in by construction: it delegates every call and attribute to the processor.
+        collator.processor = cast("ProcessorMixin", _ProcessorWithImageKwargs(processor, extra))
     # It print()s every log dict; croptune's TrainProgress shows the run instead.
     trainer.remove_callback(PrinterCallback)
     facts = {

@@ -171,14 +171,14 @@ async def _collect(
                     answered.add(
                         _store_line(store, teacher, json.loads(line), requests, prices, summary)
                     )
-    for custom_id, item_id in requests.items():
+    for custom_id, item_ids in requests.items():
         if custom_id not in answered:
             message = f"batch {batch_id} ended {status.status} without an answer for this item"
-            store.record_failure(
-                custom_id, teacher.name, teacher.config.model, item_id, None, message
-            )
-            summary.failed += 1
-            summary.errors.append(f"item {item_id} ({teacher.name}): {message}")
+            for item_id in item_ids:  # every item that asked this question
+                store.record_failure(
+                    custom_id, teacher.name, teacher.config.model, item_id, None, message
+                )
+                summary.fail(item_id, teacher.name, message)
     store.close_batch(batch_id, status.status)
 
 
@@ -201,8 +201,7 @@ def _store_line(
             message = f"batch request failed: {error.get('message') or response.get('status_code')}"
             store.record_failure(custom_id, teacher.name, model, item_id, None, message)
             store.log_event("label", message, "error", item_id, teacher.name)
-            summary.failed += 1
-            summary.errors.append(f"item {item_id} ({teacher.name}): {message}")
+            summary.fail(item_id, teacher.name, message)
             continue
         text = (body.get("choices") or [{}])[0].get("message", {}).get("content") or ""
         usage = body.get("usage") or {}
@@ -212,7 +211,7 @@ def _store_line(
         except AnswerParseError as exc:
             store.record_failure(custom_id, teacher.name, model, item_id, None, str(exc), text)
             store.log_event("label", f"attributes: {exc}", "error", item_id, teacher.name)
-            summary.failed += 1
+            summary.fail(item_id, teacher.name, f"attributes: {exc}")
             continue
         store.record_answer(
             custom_id, teacher.name, model, item_id, None, text, counts, labels=attributes

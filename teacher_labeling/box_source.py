@@ -117,10 +117,12 @@ class TeacherBoxes:
             # One loop for the whole run: the teacher's HTTP client and limiters live in it.
             self._loop = asyncio.new_event_loop()
         per_image = self._loop.run_until_complete(self._item_boxes(item, images, hashes, store))
+        boxes: list[Box] = []
         for result in per_image:
             if isinstance(result, BaseException):
                 raise result
-        return [box for boxes in per_image for box in boxes]  # type: ignore[union-attr]
+            boxes += result
+        return boxes
 
     async def _item_boxes(
         self,
@@ -128,7 +130,7 @@ class TeacherBoxes:
         images: dict[int, Image.Image],
         hashes: dict[int, str],
         store: RunStore,
-    ) -> list[Any]:
+    ) -> list[list[Box] | BaseException]:
         return await asyncio.gather(
             *(
                 self._image_boxes(item, index, images[index], hashes[index], store)

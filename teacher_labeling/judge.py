@@ -46,7 +46,7 @@ from toolkit.metrics import flatten_fields
 logger = logging.getLogger(__name__)
 
 Bucket = Literal["verifiable_correct", "verifiable_incorrect", "unverifiable"]
-BUCKETS: tuple[str, ...] = get_args(Bucket)
+BUCKETS: tuple[Bucket, ...] = get_args(Bucket)
 JUDGE_NAME = "judge"
 
 JUDGE_INSTRUCTIONS = """You are checking product information that a model extracted from \
@@ -174,13 +174,13 @@ def judge_response_format(claims: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def _bucket(value: Any) -> str | None:
+def _bucket(value: Any) -> Bucket | None:
     if isinstance(value, dict):  # {"bucket": "..."} with a reason beside it
         value = value.get("bucket")
     if not isinstance(value, str):
         return None
     spelled = _BUCKET_SPELLING.sub("_", value.strip().casefold())
-    return spelled if spelled in BUCKETS else None
+    return next((bucket for bucket in BUCKETS if bucket == spelled), None)
 
 
 def _entries(value: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -213,7 +213,7 @@ def parse_judgement(text: str, keys: Collection[str] | None = None) -> dict[str,
         if bucket is None:
             unknown_buckets.append(f"{key}={str(verdict)[:40]!r}")
             continue
-        buckets[key] = bucket  # type: ignore[assignment]
+        buckets[key] = bucket
     if unknown_keys:
         logger.warning("judge answer: ignored keys not asked about: %s", ", ".join(unknown_keys))
     if unknown_buckets:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -26,6 +26,9 @@ from toolkit.images import ImageLoadError, load_image
 from toolkit.messages import cause_of
 from toolkit.progress import ProgressBar
 from toolkit.store import CropRow, ItemRow, RunStore
+
+if TYPE_CHECKING:
+    from teacher_labeling.fusion import AgreementStats
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class LabelSummary:
     warnings: dict[str, list[str]] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
     spend: dict[str, Spend] = field(default_factory=dict)
-    agreement: dict[str, Any] | None = None
+    agreement: AgreementStats | None = None
 
     @property
     def usd(self) -> float:
@@ -59,6 +62,13 @@ class LabelSummary:
     def warn(self, teacher: str, note: str, item_id: str) -> None:
         """Count one note under its cause."""
         self.warnings.setdefault(cause_of(teacher, note), []).append(item_id)
+
+    def fail(self, item_id: str, teacher: str | None, message: str) -> None:
+        """Count one failed request: in the total, the error list and under its cause."""
+        self.failed += 1
+        where = f"item {item_id}" + (f" ({teacher})" if teacher else "")
+        self.errors.append(f"{where}: {message}")
+        self.failures.setdefault(cause_of(teacher, message), []).append(item_id)
 
     @property
     def produced_nothing(self) -> bool:
@@ -105,12 +115,9 @@ class _LabelRun:
         return teacher.name not in self.summary.stopped
 
     def error(self, item_id: str, teacher: str | None, image: int | None, message: str) -> None:
-        self.summary.failed += 1
-        where = f"item {item_id}" + (f" ({teacher})" if teacher else "")
-        self.summary.errors.append(f"{where}: {message}")
-        self.summary.failures.setdefault(cause_of(teacher, message), []).append(item_id)
+        self.summary.fail(item_id, teacher, message)
         self.store.log_event("label", message, "error", item_id, teacher, image)
-        logger.debug("%s: %s", where, message)  # the CLI prints them grouped by cause
+        logger.debug("item %s (%s): %s", item_id, teacher, message)  # the CLI groups them
 
 
 def label_items(
@@ -166,8 +173,9 @@ async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool) -> None:
     pending = _pending_requests(run, item, relabel)
     if not pending:
         return
-    for p in [p for p in pending if p.cached is not None]:
-        _store_answer(run, item, p, p.cached["text"], p.cached["usage"])
+    for p in pending:
+        if p.cached is not None:
+            _store_answer(run, item, p, p.cached["text"], p.cached["usage"])
     to_ask = [p for p in pending if p.cached is None]
     if to_ask:
         needed = sorted({i for p in to_ask for i in p.image_indices})
@@ -418,7 +426,7 @@ def _fuse_item(run: _LabelRun, item: ItemRow, box_teachers: list[Teacher]) -> No
     run.store.set_boxes(item.item_id, FUSED_SOURCE, fused)
 
 
-def _agreement(store: RunStore, teachers: list[Teacher], fusion: FusionConfig) -> dict[str, Any]:
+def _agreement(store: RunStore, teachers: list[Teacher], fusion: FusionConfig) -> AgreementStats:
     """Agreement statistics of the box teachers over the whole run."""
     from teacher_labeling.fusion import agreement_stats
 

@@ -411,14 +411,14 @@ class OpenAITeacher(Teacher):
 
 
 class EncodedImages:
-    """JPEG data URLs by (pixel hash, size, quality), shared by all teachers of a process.
+    """Data URLs by (pixel hash, size, format, JPEG quality), shared by a process's teachers.
 
     Each image is encoded once per size it is sent at; the oldest entries go first once
     the cache holds max_bytes (items flow through once, so a small cache is enough).
     """
 
     def __init__(self, max_bytes: int = 256_000_000) -> None:
-        self._cache: dict[tuple[str, tuple[int, int], int], str] = {}
+        self._cache: dict[tuple[str, tuple[int, int], str, int], str] = {}
         self._bytes = 0
         self._max_bytes = max_bytes
         self._lock = threading.Lock()

@@ -17,8 +17,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from croptune.cli import app
 from toolkit.catalog import inspect_item, load_catalog
-from toolkit.cli import app
 from toolkit.errors import CroptuneError
 from toolkit.store import RunStore
 

@@ -38,7 +38,7 @@ def _commands() -> dict[str, set[str]]:
     """'label' / 'dataset build' -> its long options (plus the global ones on every command)."""
     import typer
 
-    from toolkit.cli import app
+    from croptune.cli import app
 
     root = typer.main.get_command(app)
 

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
+from croptune.cli import _STAGES, _stage_configs
 from finetune.detector import DetectorConfig
 from finetune.train import TrainConfig, load_train_config, save_train_config
 from teacher_labeling.endpoint import EndpointConfig
 from teacher_labeling.judge import JudgeConfig
 from teacher_labeling.teachers import LabelConfig, TeacherConfig, load_label_config
-from toolkit.cli import _STAGES, _stage_configs
 from toolkit.config import (
     config_keys,
     load_stage_config,
@@ -419,7 +419,7 @@ def test_relative_paths_resolve_against_the_config_folder(
 
 
 def test_saved_configs_hold_absolute_paths(tmp_path, monkeypatch):
-    from toolkit.pipeline import save_resolved_config
+    from croptune.pipeline import save_resolved_config
 
     monkeypatch.chdir(tmp_path)
     # Built in code with relative paths (as the demo does): saved absolute.

@@ -273,9 +273,9 @@ def trained(tmp_path_factory):
     refused and recorded."""
     from typer.testing import CliRunner
 
+    from croptune.cli import app
+    from croptune.pipeline import run_label
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
-    from toolkit.cli import app
-    from toolkit.pipeline import run_label
     from toolkit.synthetic import make_example_catalog
 
     work = tmp_path_factory.mktemp("detector")
@@ -346,8 +346,8 @@ def _photo_owners(dataset: Path) -> dict[str, set[str]]:
 def test_the_detector_never_trains_on_the_students_held_out_items(trained, tmp_path):
     from datasets import load_from_disk
 
+    from croptune.pipeline import run_dataset
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_dataset
 
     # The split `dataset build` really makes of this run (the detector used the defaults).
     run_dataset(trained["work"] / "run", tmp_path / "ds", DatasetConfig(strategy="originals"))

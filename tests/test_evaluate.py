@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from croptune.pipeline import model_backend, run_evaluate
 from finetune.evaluate import latency_stats
 from tests.fake_openai import ChatRequest, FailThen, FakeOpenAI, Reply, mean_rgb
 from toolkit.errors import CroptuneError
-from toolkit.pipeline import model_backend, run_evaluate
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
 PROMPT = "Read the printed text on the photos. Answer with one JSON object."
@@ -434,7 +434,7 @@ def test_several_models_one_table_through_the_cli(
 ):
     from typer.testing import CliRunner
 
-    from toolkit.cli import app
+    from croptune.cli import app
 
     monkeypatch.setenv(KEY_ENV, SECRET)
     out = tmp_path / "eval"

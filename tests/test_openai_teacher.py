@@ -345,6 +345,48 @@ def test_batch_api_collects_and_resumes_without_paying_twice(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("colors", "requests"),
+    [
+        # two items, two requests: each unanswered request fails its own item
+        ([(200, 30, 30), (30, 200, 30)], 2),
+        # two items with the same pixels share one request: it fails both items
+        ([(200, 30, 30), (200, 30, 30)], 1),
+    ],
+)
+def test_a_batch_that_ends_without_answers_fails_each_item_it_carried(tmp_path, colors, requests):
+    catalog = _write_catalog(
+        tmp_path, [{"size": (64, 64), "square": (0, 0, 0, 0), "color": c} for c in colors]
+    )
+    with FakeOpenAI(FixedAnswer('{"attributes": {}}')) as server:
+        store = RunStore(tmp_path / "run")
+        ingest_catalog(load_catalog(catalog), store)
+        teacher = _teacher(server, name="gpt", role="attributes")
+        from teacher_labeling import batch as batch_module
+
+        async def submit_and_cancel() -> str:
+            client = teacher.engine.client
+            ((lines, carried),) = batch_module._batch_files(store, teacher, None, {}, set())
+            created = await batch_module._submit(store, client, teacher, lines, carried)
+            await client.batches.cancel(created["batch_id"])
+            await teacher.close()
+            return created["batch_id"]
+
+        batch_id = asyncio.run(submit_and_cancel())
+        summary = label_with_batches(
+            store, [_teacher(server, name="gpt", role="attributes")], poll_interval_s=0.01
+        )
+        assert store.request_counts() == {"failed": requests}
+        assert store.open_batches("gpt") == []  # collected: a re-run submits a new batch
+    message = f"batch {batch_id} ended cancelled without an answer for this item"
+    assert summary.failed == 2 and summary.labels == 0
+    assert summary.errors == [f"item I0 (gpt): {message}", f"item I1 (gpt): {message}"]
+    # ... and the console's summary by cause has them (the batch id is a particular)
+    (cause,) = summary.failures
+    assert cause.startswith("gpt: batch ") and summary.failures[cause] == ["I0", "I1"]
+    store.close()
+
+
 @pytest.mark.parametrize("batch", [False, True])  # label --batch dropped the policy once
 @pytest.mark.parametrize(
     ("policy", "fused"),

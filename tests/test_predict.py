@@ -138,9 +138,9 @@ class Recording:
 def trained_run(tmp_path_factory):
     """The example catalog labeled by the reference teacher, cropped and built into a dataset:
     what `croptune label`, `crop` and `dataset build` make."""
+    from croptune.pipeline import run_crop, run_dataset, run_label
     from teacher_labeling.teachers import LabelConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_crop, run_dataset, run_label
     from toolkit.synthetic import make_example_catalog
 
     work = tmp_path_factory.mktemp("trained-run")
@@ -211,7 +211,7 @@ def test_predict_shows_the_student_the_training_pixels_and_prompt(trained_run, t
 
 
 def test_cli_writes_error_records_and_exits_1(tmp_path, monkeypatch, capsys):
-    from toolkit import cli
+    from croptune import cli
 
     folder = tmp_path / "catalog"
     (folder / "img").mkdir(parents=True)
@@ -270,7 +270,7 @@ def test_cli_writes_error_records_and_exits_1(tmp_path, monkeypatch, capsys):
     ],
 )
 def test_cli_maps_a_catalogs_own_column_names(tmp_path, monkeypatch, capsys, columns, code, said):
-    from toolkit import cli
+    from croptune import cli
 
     folder = tmp_path / "catalog"
     photo(folder / "a.png", square=(20, 20, 60, 50))
@@ -593,7 +593,7 @@ def test_box_teacher_config_takes_one_box_teacher(tmp_path):
 
 
 def test_cli_box_source_needs_what_it_names(tmp_path):
-    from toolkit.pipeline import run_predict
+    from croptune.pipeline import run_predict
 
     folder = write_bundle(tmp_path / "bundle")
     catalog = write_catalog(tmp_path, [])
@@ -611,13 +611,13 @@ def test_cli_box_source_needs_what_it_names(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_label_crop_detector_dataset_train_export_predict(tmp_path, monkeypatch, capsys):
     """label (reference) -> crop -> detector -> dataset -> train -> export --detector -> predict."""
+    from croptune import cli
+    from croptune.pipeline import run_crop, run_dataset, run_label
     from finetune.detector import DetectorConfig, train_detector
     from finetune.export import export_bundle
     from finetune.train import TrainConfig, train
     from teacher_labeling.teachers import LabelConfig
-    from toolkit import cli
     from toolkit.dataset import DatasetConfig
-    from toolkit.pipeline import run_crop, run_dataset, run_label
     from toolkit.synthetic import make_example_catalog
 
     catalog = make_example_catalog(tmp_path / "catalog", n_items=6, seed=1)

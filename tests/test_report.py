@@ -652,9 +652,9 @@ def _case_label_run(tmp: Path) -> str:
 
 
 def _case_label_never_ingested(tmp: Path) -> str:
+    from croptune.pipeline import run_label
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
     from tests.test_predict import write_catalog
-    from toolkit.pipeline import run_label
 
     rows = [
         {"item_id": "good", "images": [_photo(tmp, "good.png")], "attributes": {"attributes": {"brand": "Acme"}}},

@@ -14,7 +14,7 @@ import pytest
 
 from toolkit.boxes import Box
 from toolkit.errors import CroptuneError
-from toolkit.store import SCHEMA_VERSION, RunStore
+from toolkit.store import SCHEMA_VERSION, ImageRow, RunStore
 
 WRITER = textwrap.dedent(
     """
@@ -174,3 +174,24 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path):
         (row,) = store.images("A")
         assert (row.sha256, row.width, row.file_stat) == ("abc", 10, None)
         assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [
+        (640, 480, (640, 480)),  # a decoded image: its recorded size
+        (None, 480, None),  # no width recorded: a clear error, not a TypeError in crop planning
+        (640, None, None),  # no height recorded: the same
+    ],
+)
+def test_image_row_size_names_the_image_without_a_recorded_size(width, height, expected):
+    row = ImageRow("SKU-1", 2, "img/a.jpg", "abc", width, height, None)
+    if expected is not None:
+        assert row.size == expected
+        return
+    with pytest.raises(CroptuneError) as caught:
+        _ = row.size
+    assert str(caught.value) == (
+        "image 2 of item 'SKU-1' has no recorded size in the store; run `croptune label` "
+        "again to re-ingest it"
+    )

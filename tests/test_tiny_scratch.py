@@ -142,7 +142,7 @@ def test_full_tuning_changes_every_weight_and_saves_a_model(scratch, full_run):
 
 
 def test_full_model_loads_and_answers_like_evaluate_does(full_run, marks_dataset, tmp_path):
-    from toolkit.pipeline import run_evaluate
+    from croptune.pipeline import run_evaluate
 
     result, _ = full_run
     [scored] = run_evaluate(
@@ -169,7 +169,7 @@ def test_cli_export_of_a_full_model_is_one_message(full_run, tmp_path):
 
     result, _ = full_run
     done = subprocess.run(
-        [sys.executable, "-m", "toolkit.cli", "export", "--adapter", str(result.adapter_dir),
+        [sys.executable, "-m", "croptune.cli", "export", "--adapter", str(result.adapter_dir),
          "--out", str(tmp_path / "bundle")],
         capture_output=True, text=True,
     )  # fmt: skip

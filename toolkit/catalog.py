@@ -540,18 +540,14 @@ def inspect_item(
             Problem(where, f"image {index} ({reference}): {change}", "warning")
             for change in loaded.conversions
         ]
-    sizes = {r.index: (r.width, r.height) for r in rows if r.usable}
+    sizes = {r.index: r.size for r in rows if r.usable}
     # Boxes whose index is past the item's images were already reported by load_catalog.
     boxes: list[Box] = []
     converted = 0
     for box in item.boxes:
         if box.image >= len(item.images):
             continue
-        kept, message, level = check_reference_box(
-            box,
-            sizes,  # type: ignore[arg-type]  # usable rows have a width and height
-            catalog.box_convention,
-        )
+        kept, message, level = check_reference_box(box, sizes, catalog.box_convention)
         if message is not None:
             problems.append(Problem(where, message, level))
         if kept is not None:
@@ -593,11 +589,11 @@ def check_reference_box(
     pixels = raw
     if convention != "pixels" and all(math.isfinite(v) for v in raw.xyxy):
         # Rounded to 1e-4 px: 0.1 * 600 is 60.00000000000001, a float artefact, not a position.
-        xyxy = tuple(
+        x1, y1, x2, y2 = (
             round(v, 4) for v in to_pixels(raw.xyxy, convention, (width, height), (width, height))
         )
-        pixels = Box(box.image, *xyxy, label=box.label, source="reference")
-        named += f" ({convention}; {[round(v, 2) for v in xyxy]} in pixels)"
+        pixels = Box(box.image, x1, y1, x2, y2, label=box.label, source="reference")
+        named += f" ({convention}; {[round(v, 2) for v in pixels.xyxy]} in pixels)"
     named += f" on image {box.image} ({width}x{height})"
     if pixels.is_valid() and pixels.area < 1.0 and width * height >= TINY_BOX_MIN_IMAGE_AREA:
         what = (
@@ -634,7 +630,7 @@ def _convention_hint(raw: Box, declared: str, width: int, height: int) -> str:
         if raw.x1 < 0 or raw.y1 < 0 or raw.x2 > limit_x or raw.y2 > limit_y:
             continue
         size = (width, height)
-        pixels = to_pixels(raw.xyxy, candidate, size, size)  # type: ignore[arg-type]
+        pixels = to_pixels(raw.xyxy, candidate, size, size)
         if (pixels[2] - pixels[0]) * (pixels[3] - pixels[1]) >= 1.0:
             fits.append(candidate)
     if not fits:

@@ -53,6 +53,13 @@ class _Shape:
     kind: Literal["model", "list", "dict", "mapping", "path", "value"]
     model: type[BaseModel] | None = None
 
+    @property
+    def section(self) -> type[BaseModel]:
+        """The nested config class a model, list or dict shape holds."""
+        if self.model is None:
+            raise TypeError(f"a {self.kind!r} config field holds no nested config class")
+        return self.model
+
 
 @dataclass(frozen=True)
 class ConfigKey:
@@ -160,12 +167,12 @@ def resolve_paths(cls: type[BaseModel], data: dict[str, Any], base: Path) -> dic
 def _resolve_field(info: FieldInfo, value: Any, base: Path, siblings: dict[str, Any]) -> Any:
     shape = _shape(info.annotation)
     if shape.kind == "model" and isinstance(value, dict):
-        return resolve_paths(shape.model, value, base)
+        return resolve_paths(shape.section, value, base)
     if shape.kind == "list" and isinstance(value, list):
-        return [resolve_paths(shape.model, v, base) if isinstance(v, dict) else v for v in value]
+        return [resolve_paths(shape.section, v, base) if isinstance(v, dict) else v for v in value]
     if shape.kind == "dict" and isinstance(value, dict):
         return {
-            k: resolve_paths(shape.model, v, base) if isinstance(v, dict) else v
+            k: resolve_paths(shape.section, v, base) if isinstance(v, dict) else v
             for k, v in value.items()
         }
     marker = _path_marker(info)
@@ -222,20 +229,20 @@ def _unknown_keys(cls: type[BaseModel], data: dict[str, Any], prefix: str = "") 
 def _unknown_nested(info: FieldInfo, value: Any, dotted: str) -> list[str]:
     shape = _shape(info.annotation)
     if shape.kind == "model" and isinstance(value, dict):
-        return _unknown_keys(shape.model, value, f"{dotted}.")
+        return _unknown_keys(shape.section, value, f"{dotted}.")
     if shape.kind == "list" and isinstance(value, list):
         return [
             problem
             for index, entry in enumerate(value)
             if isinstance(entry, dict)
-            for problem in _unknown_keys(shape.model, entry, f"{dotted}[{index}].")
+            for problem in _unknown_keys(shape.section, entry, f"{dotted}[{index}].")
         ]
     if shape.kind == "dict" and isinstance(value, dict):
         return [
             problem
             for name, entry in value.items()
             if isinstance(entry, dict)
-            for problem in _unknown_keys(shape.model, entry, f"{dotted}.{name}.")
+            for problem in _unknown_keys(shape.section, entry, f"{dotted}.{name}.")
         ]
     return []
 
@@ -312,17 +319,18 @@ def _set_checked(
     node: Any = data
     shape = _Shape("model", cls)
     info: FieldInfo | None = None
+    key: str | int  # a mapping key, or a list index
     done: list[str] = []
     where = f"in override {text!r}"
     for depth, part in enumerate(path):
         dotted = ".".join([*done, part])
         if shape.kind == "model":
-            fields = _fields(shape.model)
+            fields = _fields(shape.section)
             if part not in fields:
                 prefix = ".".join(done) + "." if done else ""
                 raise CroptuneError(
                     f"unknown {_what(cls, stage)} key {dotted!r} {where}"
-                    f"{_suggestion(shape.model, part, prefix)}{_hint(stage)}"
+                    f"{_suggestion(shape.section, part, prefix)}{_hint(stage)}"
                 )
             info, key = fields[part], part
             child_shape = _shape(info.annotation)
@@ -333,9 +341,9 @@ def _set_checked(
                     f"{'y' if len(node) == 1 else 'ies'}; index them 0..{len(node) - 1}, or "
                     f"set the whole list ({'.'.join(done)}=[...])"
                 )
-            info, key, child_shape = None, int(part), _Shape("model", shape.model)
+            info, key, child_shape = None, int(part), _Shape("model", shape.section)
         elif shape.kind == "dict":
-            info, key, child_shape = None, part, _Shape("model", shape.model)
+            info, key, child_shape = None, part, _Shape("model", shape.section)
         else:  # a free mapping (sft_args)
             info, key, child_shape = None, part, _Shape("value")
         if depth == len(path) - 1:
@@ -343,7 +351,7 @@ def _set_checked(
             unknown = (
                 _unknown_nested(info, value, dotted)
                 if info is not None
-                else _unknown_keys(child_shape.model, value, f"{dotted}.")
+                else _unknown_keys(child_shape.section, value, f"{dotted}.")
                 if child_shape.kind == "model" and isinstance(value, dict)
                 else []
             )
@@ -355,7 +363,7 @@ def _set_checked(
             node[key] = _override_value(info, child_shape, value, node)
             return
         if child_shape.kind in ("path", "value"):
-            level = shape.model if shape.kind == "model" else cls
+            level = shape.section if shape.kind == "model" else cls
             nested = [
                 k
                 for k, f in _fields(level).items()
@@ -383,7 +391,7 @@ def _override_value(info: FieldInfo | None, shape: _Shape, value: Any, siblings:
     """An override's value with its paths resolved against the current directory."""
     cwd = Path.cwd()
     if shape.kind == "model" and isinstance(value, dict):
-        return resolve_paths(shape.model, value, cwd)
+        return resolve_paths(shape.section, value, cwd)
     if info is None:
         return value
     siblings = siblings if isinstance(siblings, dict) else {}
@@ -504,9 +512,9 @@ def field_type(info: FieldInfo) -> str:
     """A field's type as `config show` writes it: int, >= 1; png | jpeg; name or path; ..."""
     shape = _shape(info.annotation)
     if shape.kind == "list":
-        text = f"list of {shape.model.__name__} entries"
+        text = f"list of {shape.section.__name__} entries"
     elif shape.kind == "dict":
-        text = f"mapping of NAME to {shape.model.__name__}"
+        text = f"mapping of NAME to {shape.section.__name__}"
     elif any(isinstance(m, ConfigPath) for m in info.metadata):
         text = "name or path"
     else:
@@ -534,11 +542,11 @@ def config_keys(cls: type[BaseModel], prefix: str = "") -> list[ConfigKey]:
         default = "" if required or shape.kind == "model" else _inline_yaml(_default(info))
         keys.append(ConfigKey(dotted, field_type(info), default, info.description or "", required))
         if shape.kind == "model":
-            keys += config_keys(shape.model, f"{dotted}.")
+            keys += config_keys(shape.section, f"{dotted}.")
         elif shape.kind == "list":
-            keys += config_keys(shape.model, f"{dotted}[].")
+            keys += config_keys(shape.section, f"{dotted}[].")
         elif shape.kind == "dict":
-            keys += config_keys(shape.model, f"{dotted}.<name>.")
+            keys += config_keys(shape.section, f"{dotted}.<name>.")
     return keys
 
 
@@ -589,12 +597,12 @@ def _starter_lines(cls: type[BaseModel], indent: str, width: int, first: str = "
         lead, first = (first or indent), ""
         if shape.kind == "model":
             lines.append(f"{lead}{key}:")
-            lines += _starter_lines(shape.model, indent + "  ", width)
+            lines += _starter_lines(shape.section, indent + "  ", width)
         elif shape.kind == "list" and info.is_required():
             lines.append(f"{lead}{key}:  # {kind}; the keys of one entry:")
-            lines += _starter_lines(shape.model, indent + "    ", width, first=indent + "  - ")
+            lines += _starter_lines(shape.section, indent + "    ", width, first=indent + "  - ")
         elif shape.kind == "dict":
-            names = ", ".join(f"{name}: ..." for name in _fields(shape.model))
+            names = ", ".join(f"{name}: ..." for name in _fields(shape.section))
             lines.append(f"{lead}{key}: {_inline_yaml(_default(info))}  # {kind}")
             lines.append(f"{indent}#   e.g. {key}: {{NAME: {{{names}}}}}")
         else:

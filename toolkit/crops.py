@@ -151,6 +151,12 @@ def union_box(boxes: Sequence[XYXY]) -> XYXY:
     )
 
 
+def _float_box(box: XYXY) -> XYXY:
+    """The box with each coordinate a float (ints and numpy scalars come in too)."""
+    x1, y1, x2, y2 = box
+    return float(x1), float(y1), float(x2), float(y2)
+
+
 def merge_groups(boxes: Sequence[XYXY], iou: float) -> list[list[int]]:
     """Indices of the boxes merged together: every pair with IoU >= iou ends in one group.
 
@@ -160,7 +166,7 @@ def merge_groups(boxes: Sequence[XYXY], iou: float) -> list[list[int]]:
     and ordered by their first index.
     """
     groups = [[i] for i in range(len(boxes))]
-    unions = [tuple(map(float, b)) for b in boxes]
+    unions = [_float_box(b) for b in boxes]
     if len(boxes) < 2:
         return groups
     import numpy as np
@@ -272,7 +278,7 @@ def cluster_boxes(
     """
     limit = max_fraction * max(image_wh)
     members: dict[int, list[int]] = {i: [i] for i in range(len(boxes_xyxy))}
-    unions: dict[int, XYXY] = {i: tuple(map(float, b)) for i, b in enumerate(boxes_xyxy)}
+    unions: dict[int, XYXY] = {i: _float_box(b) for i, b in enumerate(boxes_xyxy)}
     heap: list[tuple[float, int, int, int, int, int]] = []
 
     def push(a: int, b: int) -> None:
@@ -654,9 +660,7 @@ def _prepare(store: RunStore, item_id: str, config: CropConfig, config_hash: str
     """Plan an item's crops and find what is missing in the store (main thread)."""
     rows = {r.index: r for r in store.images(item_id) if r.usable}
     boxed = crop_boxes(store.boxes(item_id))
-    plans = plan_crops(
-        [b for _, b in boxed], {i: (r.width, r.height) for i, r in rows.items()}, config
-    )
+    plans = plan_crops([b for _, b in boxed], {i: r.size for i, r in rows.items()}, config)
     existing = store.crops(item_id, config_hash)
     known = {(c.image, c.region) for c in existing}
     new = [p for p in plans if (p.image, p.region) not in known]

@@ -300,15 +300,15 @@ def _write_detection(
         _tidy_coco(work / "annotations.json")
     else:
         data: dict[str, Any] = {}
-        for name, folder in YOLO_SPLITS.items():
+        for name, yolo_split in YOLO_SPLITS.items():
             chosen = [p for p in written if p.split == name]
             if not chosen:
                 continue  # ultralytics reads a split key as "these images": name none that is empty
             dataset(chosen).as_yolo(
-                images_directory_path=str(images_dir / folder),
-                annotations_directory_path=str(work / "labels" / folder),
+                images_directory_path=str(images_dir / yolo_split),
+                annotations_directory_path=str(work / "labels" / yolo_split),
             )
-            data[folder] = f"images/{folder}"
+            data[yolo_split] = f"images/{yolo_split}"
         # No `path`: ultralytics resolves the splits against this file's folder, so the
         # export can be moved.
         data.update(nc=len(classes), names=classes)

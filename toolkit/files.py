@@ -19,9 +19,11 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # pid and thread id: several processes or worker threads may write the same target.
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{threading.get_ident()}")
-    text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+    binary = "b" in mode  # text is UTF-8 with \n line ends on every platform
     try:
-        with open(tmp, mode, **text) as handle:
+        with open(
+            tmp, mode, encoding=None if binary else "utf-8", newline=None if binary else "\n"
+        ) as handle:
             yield handle
         os.replace(tmp, path)
     except BaseException:

@@ -1,6 +1,6 @@
 """What the command line shows: croptune's own log lines and progress, third-party noise off.
 
-One place decides it, called once per command by the CLI (toolkit.cli `_options`), before
+One place decides it, called once per command by the CLI (croptune.cli `_options`), before
 any heavy library is imported (several read their settings from the environment then).
 """
 

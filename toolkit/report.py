@@ -261,7 +261,8 @@ def _label_items(store: RunStore, page_size: int, crop_hash: str | None) -> list
         final = store.final_attributes(row.item_id)
         boxes = [b for _, b in store.boxes(row.item_id)]
         rows, attributes_differ = attribute_rows(labels, final)
-        errors, warnings = [], []
+        errors: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         for event in store.open_errors(row.item_id):  # a re-run that worked settles one
             # An ingest error of a stored item left one photo or box out, not the item.
             (warnings if event["stage"] == INGEST_STAGE else errors).append(event)

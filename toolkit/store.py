@@ -103,6 +103,16 @@ class ImageRow:
         """Whether the image decoded at ingest."""
         return self.error is None and self.sha256 is not None
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of a decoded image, in pixels of the oriented image."""
+        if self.width is None or self.height is None:
+            raise CroptuneError(
+                f"image {self.index} of item {self.item_id!r} has no recorded size in the "
+                "store; run `croptune label` again to re-ingest it"
+            )
+        return self.width, self.height
+
 
 @dataclass(frozen=True)
 class CropRow:
@@ -563,9 +573,9 @@ class RunStore:
 
     # Batch API jobs
     def add_batch(
-        self, batch_id: str, teacher: str, input_file_id: str, requests: dict[str, str]
+        self, batch_id: str, teacher: str, input_file_id: str, requests: dict[str, list[str]]
     ) -> None:
-        """Record a created batch and its requests ({cache key: item id}) before waiting on it."""
+        """Record a created batch and its requests ({cache key: item ids}) before waiting on it."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, 'open', ?, NULL)",

@@ -332,7 +332,7 @@ def _attributes(product: _Product) -> dict[str, Any]:
         "certification_marks": list(product.marks),
         "hazard_statements": [product.warning] if product.warning else [],
     }
-    groups = {
+    groups: dict[str, dict[str, Any]] = {
         "identifiers": identifiers,
         "attributes": attributes,
         "origin_production": {"country_of_origin": product.country},
@@ -490,14 +490,15 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int, fill: RGB) -> Rect:
     """Draw text whose ink box starts at xy; return that box."""
     font = _font(size)
-    left, top, right, bottom = font.getbbox(text)
+    # Pillow types FreeType boxes as floats; they hold whole pixels (ints) at run time.
+    left, top, right, bottom = (int(v) for v in font.getbbox(text))
     draw.text((xy[0] - left, xy[1] - top), text, font=font, fill=fill)
     return (xy[0], xy[1], xy[0] + right - left, xy[1] + bottom - top)
 
 
 def _text_size(text: str, size: int) -> tuple[int, int]:
     """Width and height of the text's ink box."""
-    left, top, right, bottom = _font(size).getbbox(text)
+    left, top, right, bottom = (int(v) for v in _font(size).getbbox(text))  # whole pixels
     return right - left, bottom - top
 
 
@@ -756,7 +757,7 @@ def _make_marks_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
 def marks_scene(rng: random.Random, product: tuple[str, RGB]) -> dict[str, Any]:
     """Random layout of one marks photo without its sticker: background, product, distractors."""
     side = MARKS_PHOTO_SIDE
-    base = tuple(rng.randint(150, 215) for _ in range(3))
+    base: RGB = (rng.randint(150, 215), rng.randint(150, 215), rng.randint(150, 215))
     scene: dict[str, Any] = {
         "pattern": rng.choice(("stripes-h", "stripes-v", "stripes-d", "dots")),
         "base": base,
