@@ -19,18 +19,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# What setuptools builds the wheel from (pyproject.toml's packages and package data).
-SOURCES = ["pyproject.toml", "README.md", "toolkit", "teacher_labeling", "finetune"]
+
+
+def _sources() -> list[str]:
+    """What setuptools builds the wheel from: pyproject.toml's packages (its one list)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted({pattern.split("*")[0].split(".")[0] for pattern in patterns})
+    return ["pyproject.toml", "README.md", *packages]
+
+
+SOURCES = _sources()
 
 CHECK = """
 import sys
 from pathlib import Path
 
+import croptune.cli
 import toolkit
 from toolkit.config import load_stage_config, packaged_configs
 
 venv = Path(sys.argv[1]).resolve()
 assert Path(toolkit.__file__).resolve().is_relative_to(venv), toolkit.__file__
+assert Path(croptune.cli.__file__).resolve().is_relative_to(venv), croptune.cli.__file__
 from finetune.detector import DetectorConfig
 from finetune.train import load_train_config
 from teacher_labeling.endpoint import load_endpoint_config
