@@ -124,48 +124,44 @@ def decode_image_with_conversions(
         raise ImageLoadError(f"corrupt or truncated image: {exc}") from exc
     if image.width == 0 or image.height == 0:
         raise ImageLoadError("image has no pixels")
-    change = rgb_conversion(image)
+    rgb, change = to_rgb_noted(image)
     if change:
         conversions.append(change)
-    return to_rgb(image), tuple(conversions)
-
-
-def rgb_conversion(image: Image.Image) -> str | None:
-    """What `to_rgb` changes about an image's pixels, in words (None for RGB or plain grey)."""
-    mode = image.mode
-    if mode == "P":
-        mode = "RGBA" if "transparency" in image.info else "RGB"
-    if mode in ("RGB", "L", "1"):
-        return None  # nothing lost: grey is repeated into three channels
-    if mode.startswith("I;16"):
-        return f"16-bit ({image.mode}) scaled to 8-bit"
-    if mode in ("I", "F"):
-        return f"{'32-bit integer' if mode == 'I' else 'float'} pixels stretched to 8-bit"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] == 255:
-            return None  # an alpha channel that is opaque everywhere changes nothing
-        return "transparency composited on white"
-    return f"{image.mode} converted to RGB"
+    return rgb, tuple(conversions)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """An RGB copy: alpha composited on white, palettes expanded, 16-bit and float scaled."""
-    mode = image.mode
+    return to_rgb_noted(image)[0]
+
+
+def to_rgb_noted(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """An RGB copy (as `to_rgb`) and what it changed, in words (None for RGB or plain grey)."""
+    source_mode = mode = image.mode
     if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _scale_to_8bit(image).convert("RGB")
+        return image, None
+    if mode.startswith("I;16"):
+        return _scale_to_8bit(image).convert("RGB"), f"16-bit ({mode}) scaled to 8-bit"
+    if mode in ("I", "F"):
+        kind = "32-bit integer" if mode == "I" else "float"
+        return _scale_to_8bit(image).convert("RGB"), f"{kind} pixels stretched to 8-bit"
     if mode == "P":
         has_alpha = "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
         mode = image.mode
+        if mode == "RGB":
+            return image, None  # a palette without transparency: its colours, exactly
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    # CMYK, YCbCr, LAB, HSV, L, 1: Pillow's conversions are correct for these.
-    return image.convert("RGB")
+        rgb = Image.alpha_composite(background, rgba).convert("RGB")
+        # An alpha channel that is opaque everywhere changes nothing: no note.
+        opaque = rgba.getchannel("A").getextrema()[0] == 255
+        return rgb, None if opaque else "transparency composited on white"
+    # CMYK, YCbCr, LAB, HSV, L, 1: Pillow's conversions are correct for these; grey ("L",
+    # "1") is repeated into three channels, nothing lost.
+    note = None if mode in ("L", "1") else f"{source_mode} converted to RGB"
+    return image.convert("RGB"), note
 
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
