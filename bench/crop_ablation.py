@@ -2,8 +2,8 @@
 
 The paper's finding (Nulli et al., 2026): targeted crops let a small student read what a
 downscaled photo hides. Here, on the synthetic certification-mark catalog
-(toolkit.synthetic.make_marks_catalog: 448x448 photos, 1-4 per item, one carrying a ~40x28 px
-sticker with a ~14 px mark of CE / UKCA / FCC / RoHS), the same stages a user runs:
+(croptune.synthetic.marks.make_marks_catalog: 448x448 photos, 1-4 per item, one carrying a
+~40x28 px sticker with a ~14 px mark of CE / UKCA / FCC / RoHS), the same stages a user runs:
 
     reference teacher label -> crop (enclosing squares) -> dataset build, per strategy
     (originals, crops, originals+crops) -> train (tiny-scratch: ~1M-parameter random-init
@@ -145,11 +145,11 @@ def _init_worker(threads: int) -> None:
 def prepare(settings: Settings) -> dict[str, Any]:
     """Catalog -> label (reference teacher) -> crop -> one dataset per strategy."""
     from croptune.pipeline import run_crop, run_dataset, run_label
+    from croptune.synthetic.marks import make_marks_catalog
     from finetune.students import load_preset
     from teacher_labeling.teachers import LabelConfig
     from toolkit.crops import CropConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.synthetic import make_marks_catalog
 
     work = Path(settings.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ def prepare(settings: Settings) -> dict[str, Any]:
 
 def mark_token_ids(processor: Any) -> dict[int, str]:
     """Token id -> mark, for the marks the student's vocabulary holds as one token each."""
-    from toolkit.synthetic import MARK_CLASSES
+    from croptune.synthetic.marks import MARK_CLASSES
 
     ids = {}
     for mark in MARK_CLASSES:

@@ -32,10 +32,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import toolkit.crops as crops_module  # noqa: E402
+import toolkit.crops.run as crops_module  # noqa: E402
 from toolkit.boxes import Box  # noqa: E402
 from toolkit.catalog import ingest_catalog, load_catalog  # noqa: E402
-from toolkit.crops import CropConfig, crop_run, plan_crops  # noqa: E402
+from toolkit.crops import CropConfig, crop_run  # noqa: E402
+from toolkit.crops.plan import plan_crops  # noqa: E402
 from toolkit.store import RunStore  # noqa: E402
 
 WIDTH, HEIGHT = 2000, 1500
@@ -154,8 +155,8 @@ def dist(values: list[int]) -> str:
 # Part 2: images per item on the example catalog
 def strategies_on_example(folder: Path) -> None:
     from croptune.pipeline import run_label
+    from croptune.synthetic.catalog import make_example_catalog
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
-    from toolkit.synthetic import make_example_catalog
 
     catalog = make_example_catalog(folder / "example", 30, seed=0)
     label = LabelConfig(

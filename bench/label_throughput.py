@@ -29,9 +29,10 @@ from PIL import Image, ImageDraw, ImageOps
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from teacher_labeling.client import EncodedImages  # noqa: E402
 from teacher_labeling.conventions import sent_size  # noqa: E402
 from teacher_labeling.labeling import label_items  # noqa: E402
-from teacher_labeling.teachers import EncodedImages, OpenAITeacher, TeacherConfig  # noqa: E402
+from teacher_labeling.teachers import OpenAITeacher, TeacherConfig  # noqa: E402
 from toolkit.catalog import ingest_catalog, load_catalog  # noqa: E402
 from toolkit.images import encode_jpeg  # noqa: E402
 from toolkit.schema import load_schema  # noqa: E402

@@ -48,13 +48,13 @@ MIN_CONF = 0.001
 def setup_bundle(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
     """Train catalog -> label -> crop -> dataset -> student + detector -> bundle (reused)."""
     from croptune.pipeline import run_crop, run_dataset, run_label
+    from croptune.synthetic.catalog import make_example_catalog
     from finetune.detector import DetectorConfig, train_detector
-    from finetune.export import export_bundle
+    from finetune.export.writer import export_bundle
     from finetune.train import TrainConfig, train
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
     from toolkit.crops import CropConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.synthetic import make_example_catalog
 
     seconds: dict[str, float] = {}
     bundle = work / "bundle"
@@ -108,13 +108,8 @@ def run(
     bundle_dir: Path, catalog: Path, work: Path, source: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One predict run from an empty work folder; its predict_stats.json."""
-    from finetune.predict import (
-        DetectorBoxes,
-        NoBoxes,
-        bundle_backend,
-        load_bundle,
-        predict_catalog,
-    )
+    from finetune.models import open_student
+    from finetune.predict import DetectorBoxes, NoBoxes, load_bundle, predict_catalog
     from teacher_labeling.box_source import TeacherBoxes
     from teacher_labeling.teachers import TeacherConfig
 
@@ -129,7 +124,12 @@ def run(
         boxes = NoBoxes()
     out = work / f"preds-{source}.jsonl"
     shutil.rmtree(work / f"preds-{source}.work", ignore_errors=True)
-    backend = bundle_backend(bundle, batch_size=1, max_new_tokens=args.max_new_tokens)
+    backend = open_student(
+        bundle.path,
+        name=bundle.lora_name,
+        batch_size=1,
+        max_new_tokens=args.max_new_tokens or bundle.max_new_tokens,
+    )
     try:
         summary = predict_catalog(bundle, catalog, out, backend, boxes, batch_size=1)
     finally:
@@ -229,7 +229,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from toolkit.synthetic import make_example_catalog
+    from croptune.synthetic.catalog import make_example_catalog
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="predict-lat-"))
     work.mkdir(parents=True, exist_ok=True)

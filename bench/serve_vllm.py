@@ -50,7 +50,8 @@ def make_adapter(folder: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from finetune.students import LORA_TARGETS, resolve_student
+    from finetune.students import resolve_student
+    from finetune.students.lora import LORA_TARGETS
 
     if (folder / "adapter_config.json").is_file():
         return folder

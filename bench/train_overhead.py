@@ -85,10 +85,10 @@ def sandbox(workdir: Path) -> None:
 def build_datasets(workdir: Path) -> dict[str, Path]:
     """Example catalog -> reference labels -> crops -> one dataset per strategy."""
     from croptune.pipeline import run_crop, run_dataset, run_label
+    from croptune.synthetic.catalog import make_example_catalog
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
     from toolkit.crops import CropConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.synthetic import make_example_catalog
 
     folders = {s: workdir / f"dataset-{s.replace('+', '-')}" for s in STRATEGIES}
     if all((folder / "croptune_dataset.json").is_file() for folder in folders.values()):
@@ -173,7 +173,8 @@ def run_bare(dataset: Path, out: Path, settings: argparse.Namespace) -> dict[str
     from trl import SFTConfig, SFTTrainer
 
     from finetune.students import resolve_student
-    from finetune.train import LANGUAGE_MODEL_LORA_TARGET, TrainConfig
+    from finetune.train import TrainConfig
+    from finetune.train.config import LANGUAGE_MODEL_LORA_TARGET
 
     model_path = resolve_student("croptune:tiny")
     set_seed(SEED)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
+    from teacher_labeling.labeling import LabelSummary, PendingRequests
+
 app = typer.Typer(
     name="croptune",
     help="Label a product catalog with teacher VLMs, crop what they box, fine-tune a small "
@@ -261,6 +263,7 @@ def label(
 ) -> None:
     """Ingest a catalog and label it with teacher models (resumable)."""
     from croptune.pipeline import run_label
+    from teacher_labeling.labeling import PendingRequests
     from teacher_labeling.teachers import load_label_config
 
     label_config = load_label_config(config, overrides or [])
@@ -279,7 +282,7 @@ def label(
                 str(ingest.converted),
             )
         )
-    if dry_run:
+    if isinstance(result, PendingRequests):
         _table(f"croptune label --dry-run ({run})", rows + _pending_rows(result))
         return
     _table(f"croptune label ({run})", rows + _label_rows(result))
@@ -317,7 +320,7 @@ def _print_by_cause(
         typer.echo(f"  {len(ids)} x {cause} ({len(unique)} item(s): {shown})", err=True)
 
 
-def _pending_rows(pending: Any) -> list[tuple[str, str]]:
+def _pending_rows(pending: PendingRequests) -> list[tuple[str, str]]:
     from teacher_labeling.cost import format_usd
 
     rows = []
@@ -335,7 +338,7 @@ def _pending_rows(pending: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def _label_rows(result: Any) -> list[tuple[str, str]]:
+def _label_rows(result: LabelSummary) -> list[tuple[str, str]]:
     from teacher_labeling.cost import format_usd
 
     rows = [
@@ -363,7 +366,7 @@ def _label_rows(result: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def _report_label_run(result: Any, run: Path, stage: str) -> None:
+def _report_label_run(result: LabelSummary, run: Path, stage: str) -> None:
     """Failures and warnings by cause; exit 1 when a teacher was stopped or nothing came back."""
     _print_by_cause("failed request(s)", result.failures, run)
     _print_by_cause("warning(s)", result.warnings, run)
@@ -402,8 +405,8 @@ def crop(
         uncovered += f" (item(s) {', '.join(shown)})"
     if summary.cut_by_budget:
         uncovered += (
-            f" ({summary.cut_by_budget} only because the image budget of "
-            f"{crop_config.max_images_per_item} cut their crop)"
+            f" ({summary.cut_by_budget} only because the dataset's image budget of "
+            f"{summary.image_budget} cut their crop)"
         )
     _table(
         f"croptune crop ({run}, {crop_config.strategy})",
@@ -411,7 +414,10 @@ def crop(
             ("items", str(summary.items)),
             ("crops made (already there)", f"{summary.made} ({summary.existing})"),
             ("images per item, one crop per box", dist(summary.images_per_box_crop)),
-            ("images per item, after", dist(summary.images_after)),
+            (
+                f"images per item, after (dataset budget {summary.image_budget})",
+                dist(summary.images_after),
+            ),
             (
                 "duplicates removed (pHash)",
                 f"{summary.duplicates} ({summary.duplicate_originals} photos, "
@@ -433,11 +439,12 @@ def relabel(
 ) -> None:
     """Better labels: ask the attributes teachers again with originals + crops."""
     from croptune.pipeline import run_relabel
+    from teacher_labeling.labeling import PendingRequests
     from teacher_labeling.teachers import load_label_config
 
     label_config = load_label_config(config, overrides or [])
     result = run_relabel(run, label_config, dry_run, _State.progress)
-    if dry_run:
+    if isinstance(result, PendingRequests):
         _table(f"croptune relabel --dry-run ({run})", _pending_rows(result))
         return
     _table(f"croptune relabel ({run})", _label_rows(result))
@@ -515,6 +522,11 @@ def _detection_export_lines(result: Any) -> list[str]:
         for name, c in counts.items()
     ]
     lines.append(f"split by item as `dataset build` splits ({settings}): " + "; ".join(parts))
+    if result.split_status == "recorded":
+        lines.append(
+            "the split is the one recorded in the run (`croptune dataset build --resplit` "
+            "splits it again)"
+        )
     if "validation" not in counts:
         lines.append(
             "no validation split (too few items or validation_ratio 0): data.yaml has no "
@@ -550,6 +562,13 @@ def dataset_build(
         help="originals | crops | originals+crops (default: the config's, else originals+crops).",
     ),
     config: Path | None = typer.Option(None, "--config", help="Dataset config YAML."),
+    resplit: bool = typer.Option(
+        False,
+        "--resplit",
+        help="Split the run's items again with this config's validation_ratio, test_ratio and "
+        "seed, replacing the split recorded in the run (which the detector and label exports "
+        "follow too: train and export them again afterwards).",
+    ),
     overrides: list[str] = _overrides_argument("dataset"),
 ) -> None:
     """Build a train/validation/test DatasetDict of multi-image examples."""
@@ -562,9 +581,11 @@ def dataset_build(
     dataset_config = load_stage_config(
         DatasetConfig, config, [*given, *(overrides or [])], stage="dataset"
     )
-    summary = run_dataset(run, out, dataset_config, _State.progress)
+    summary = run_dataset(run, out, dataset_config, _State.progress, resplit=resplit)
     stats = summary.stats()
     rows = [(f"{k} examples", str(v)) for k, v in summary.examples.items()]
+    if summary.split is not None:
+        rows.append(("split by item", summary.split.describe()))
     rows += [(f"left out: {k}", str(v)) for k, v in summary.left_out.items()]
     shared = stats["shared_photos"]
     if shared["items"]:
@@ -721,10 +742,15 @@ def _comparison(title: str, results: list[Any]) -> None:
 
 def _default_eval_dir(models: list[str]) -> Path:
     """MODEL/eval for one adapter folder or bundle, else ./eval."""
+    from finetune.models import model_kind
+
     if len(models) == 1 and not models[0].lower().endswith((".yaml", ".yml")):
-        path = Path(models[0])
-        if (path / "adapter_config.json").is_file() or (path / "croptune.yaml").is_file():
-            return path / "eval"
+        try:
+            kind = model_kind(models[0])
+        except CroptuneError:
+            return Path("eval")  # run_evaluate says what is wrong with it
+        if kind in ("bundle", "adapter"):
+            return Path(models[0]) / "eval"
     return Path("eval")
 
 
@@ -756,7 +782,9 @@ def export(
     ),
 ) -> None:
     """Lint the adapter for vLLM, then write the serving bundle (exit 1 on lint errors)."""
-    from finetune.export import export_bundle, lint_adapter, read_metrics
+    from finetune.export.lint import lint_adapter
+    from finetune.export.manifest import read_metrics
+    from finetune.export.writer import export_bundle
 
     problems = lint_adapter(adapter)
     for problem in problems:
@@ -832,7 +860,9 @@ def detector_train(
 
     outputs = [summary.weights, summary.onnx, summary.config_file, summary.metrics_file]
     measured = summary.measured
-    split = ", ".join(f"{k} {getattr(detector_config, k)}" for k in SPLIT_KEYS)
+    split = ", ".join(
+        f"{k} {summary.split.get(k, getattr(detector_config, k))}" for k in SPLIT_KEYS
+    )
     rows = [
         ("split by item, as `dataset build`", split),
         ("items train / held out", f"{len(summary.train_items)} / {len(summary.held_out_items)}"),
@@ -1078,10 +1108,10 @@ def _init_files(items: int, seed: int) -> dict[Path, bytes]:
     """What `croptune init` writes: relative path -> content."""
     import tempfile
 
+    from croptune.synthetic.catalog import make_example_catalog
     from finetune.detector import DetectorConfig
     from toolkit.config import packaged_configs, starter_yaml
     from toolkit.dataset import DatasetConfig
-    from toolkit.synthetic import make_example_catalog
 
     files = {Path(name): text.encode() for name, text in packaged_configs().items()}
     generated: dict[str, tuple[type[BaseModel], str, str]] = {
@@ -1097,7 +1127,7 @@ def _init_files(items: int, seed: int) -> dict[Path, bytes]:
             f"# Written by `croptune config show {stage} --format yaml`.\n"
         )
         files[Path(name)] = (header + starter_yaml(cls)).encode()
-    quiet = logging.getLogger("toolkit.synthetic")
+    quiet = logging.getLogger("croptune.synthetic")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # its "wrote ... to /tmp/..." names the scratch folder
     try:

@@ -8,9 +8,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from toolkit.catalog import IngestSummary, ingest_catalog, load_catalog
 from toolkit.config import dump_config
@@ -27,6 +25,9 @@ if TYPE_CHECKING:
     from finetune.infer import TransformersBackend
     from finetune.predict import BoxSource, PredictSummary
     from teacher_labeling.endpoint import EndpointBackend
+    from teacher_labeling.judge import JudgeConfig
+    from teacher_labeling.labeling import LabelSummary, PendingRequests
+    from teacher_labeling.teachers import LabelConfig, Teacher
     from toolkit.answers import AnswerBackend
 
 logger = logging.getLogger(__name__)
@@ -45,16 +46,37 @@ def run_schema(store: RunStore) -> AttributeSchema:
     return AttributeSchema.model_validate_json(recorded)
 
 
+@overload
 def run_label(
     catalog_path: Path,
-    config: Any,
+    config: LabelConfig,
+    run_dir: Path,
+    limit: int | None = ...,
+    dry_run: Literal[False] = ...,
+    progress: bool = ...,
+    batch: bool = ...,
+) -> tuple[IngestSummary, LabelSummary]: ...
+@overload
+def run_label(
+    catalog_path: Path,
+    config: LabelConfig,
+    run_dir: Path,
+    limit: int | None = ...,
+    dry_run: bool = ...,
+    progress: bool = ...,
+    batch: bool = ...,
+) -> tuple[IngestSummary, LabelSummary | PendingRequests]: ...
+def run_label(
+    catalog_path: Path,
+    config: LabelConfig,
     run_dir: Path,
     limit: int | None = None,
     dry_run: bool = False,
     progress: bool = False,
     batch: bool = False,
-) -> tuple[IngestSummary, Any]:
-    """Ingest a catalog into the run and label it with the configured teachers."""
+) -> tuple[IngestSummary, LabelSummary | PendingRequests]:
+    """Ingest a catalog into the run and label it with the configured teachers
+    (--dry-run: the requests it would send, priced)."""
     from teacher_labeling.labeling import label_items, pending_requests
 
     # --dry-run checks too: an estimate for a teacher that cannot answer is no estimate.
@@ -83,7 +105,17 @@ def run_label(
     return ingest, summary
 
 
-def run_relabel(run_dir: Path, config: Any, dry_run: bool = False, progress: bool = False) -> Any:
+@overload
+def run_relabel(
+    run_dir: Path, config: LabelConfig, dry_run: Literal[False] = ..., progress: bool = ...
+) -> LabelSummary: ...
+@overload
+def run_relabel(
+    run_dir: Path, config: LabelConfig, dry_run: bool = ..., progress: bool = ...
+) -> LabelSummary | PendingRequests: ...
+def run_relabel(
+    run_dir: Path, config: LabelConfig, dry_run: bool = False, progress: bool = False
+) -> LabelSummary | PendingRequests:
     """ "Better labels": the attributes teachers again, on originals + the run's crops."""
     from teacher_labeling.labeling import label_items, pending_requests
 
@@ -100,15 +132,14 @@ def run_relabel(run_dir: Path, config: Any, dry_run: bool = False, progress: boo
         return label_items(store, teachers, None, progress, config.prices, relabel=True)
 
 
-def _teachers(config: Any) -> list[Any]:
+def _teachers(config: LabelConfig) -> list[Teacher]:
     """The configured teachers, checked (key, server, model) before any work starts."""
     from teacher_labeling.teachers import build_teacher
 
     schema = load_schema(config.schema_)
     teachers = [build_teacher(t, schema) for t in config.teachers]
     for teacher in teachers:
-        if hasattr(teacher, "check_ready"):
-            teacher.check_ready()
+        teacher.check_ready()  # Teacher's hook: a no-op for the reference teacher
     return teachers
 
 
@@ -123,12 +154,16 @@ def run_crop(
 
 
 def run_dataset(
-    run_dir: Path, out_dir: Path, config: DatasetConfig, progress: bool = False
+    run_dir: Path,
+    out_dir: Path,
+    config: DatasetConfig,
+    progress: bool = False,
+    resplit: bool = False,
 ) -> DatasetSummary:
-    """Build the training dataset of a labeled (and cropped) run."""
+    """Build the training dataset of a labeled (and cropped) run (resplit: split it again)."""
     with RunStore(run_dir, create=False) as store:
         schema = run_schema(store)
-        summary = build_dataset(store, out_dir, schema, config, progress=progress)
+        summary = build_dataset(store, out_dir, schema, config, progress=progress, resplit=resplit)
     save_resolved_config(config, out_dir / "dataset_config.yaml")
     return summary
 
@@ -136,49 +171,42 @@ def run_dataset(
 EVAL_CACHE_DIR = "cache"  # inside the evaluation folder: endpoint answers (a RunStore)
 
 
-def model_backend(
-    value: str, cache_dir: Path | None = None, batch_size: int = 4, max_new_tokens: int = 256
+def open_model(
+    value: str,
+    cache_dir: Path | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 256,
+    *,
+    name: str | None = None,
+    base_model: str | None = None,
 ) -> TransformersBackend | EndpointBackend:
-    """The answer backend a --model value names.
+    """The answer backend a --model value names: the one place a value becomes a model.
 
-    An endpoint YAML (`*.yaml`: an OpenAI-compatible server), a bundle (its `merged/` model
-    if exported with --merge, else base + `adapter/`), an adapter folder (base + adapter),
-    or a base model (hub id, local folder, croptune:tiny).
+    An endpoint YAML (`*.yaml`: an OpenAI-compatible server, answers cached in cache_dir),
+    else what finetune.models.student_weights finds in-process: a bundle (its `merged/`
+    model if exported with --merge, else base + `adapter/`), an adapter folder (base +
+    adapter), or a base model (hub id, local folder, croptune:tiny). name: the backend's
+    name (default: the value); base_model: a bundle's or adapter's base loaded from here.
     """
-    from finetune.infer import TransformersBackend
-    from teacher_labeling.endpoint import EndpointBackend, is_endpoint_config, load_endpoint_config
+    from finetune.models import open_student
+    from teacher_labeling.endpoint import (
+        ENDPOINT_SUFFIXES,
+        EndpointBackend,
+        is_endpoint_config,
+        load_endpoint_config,
+    )
 
     if is_endpoint_config(value):
         return EndpointBackend(load_endpoint_config(value), cache_dir, max_new_tokens)
-    path = Path(value)
-
-    def student(model: str, adapter: Path | None = None) -> TransformersBackend:
-        return TransformersBackend(
-            model, adapter, name=value, batch_size=batch_size, max_new_tokens=max_new_tokens
-        )
-
-    if (path / "croptune.yaml").is_file():
-        if (path / "merged" / "config.json").is_file():
-            return student(str(path / "merged"))
-        manifest = yaml.safe_load((path / "croptune.yaml").read_text(encoding="utf-8")) or {}
-        if not manifest.get("base_model"):
-            raise CroptuneError(f"bundle {path} names no base_model in croptune.yaml")
-        return student(manifest["base_model"], path / "adapter")
-    if (path / "adapter_config.json").is_file():
-        from finetune.export import base_model_of
-
-        return student(base_model_of(path), path)
-    if value.lower().endswith((".yaml", ".yml")):
+    if value.lower().endswith(ENDPOINT_SUFFIXES) and not Path(value).exists():
         raise CroptuneError(f"endpoint config {value} does not exist")
-    # Checked now, not after the models before it have run; hub ids never start so.
-    if value.startswith(("/", ".", "~")) and not path.exists():
-        raise CroptuneError(f"model {value} does not exist")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise CroptuneError(
-            f"{value} is not a model folder (no config.json), an adapter folder "
-            "(adapter_config.json) or a bundle (croptune.yaml)"
-        )
-    return student(value)
+    return open_student(
+        value,
+        name=name,
+        base_model=base_model,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 PREDICT_ANSWERS_DIR = "answers"  # inside predict's work folder: endpoint answers (a RunStore)
@@ -209,14 +237,13 @@ def run_predict(
     an OpenAI-compatible `endpoint` (a base URL with `model`, or an endpoint YAML).
     """
     from finetune.predict import (
-        BOX_SOURCES,
         DetectorBoxes,
         NoBoxes,
-        bundle_backend,
         default_workdir,
         load_bundle,
         predict_catalog,
     )
+    from toolkit.bundle import BOX_SOURCES
 
     bundle = load_bundle(bundle_dir)
     source = box_source or bundle.box_source
@@ -235,7 +262,7 @@ def run_predict(
     elif source == "teacher":
         from teacher_labeling.box_source import TeacherBoxes, box_teacher_config
 
-        recorded = bundle.manifest.get("box_teacher")
+        recorded = bundle.manifest.box_teacher
         teacher: dict[str, Any] | Path | str
         if teacher_config is not None:
             teacher = teacher_config
@@ -274,7 +301,13 @@ def run_predict(
     else:
         if model is not None or api_key_env is not None:
             raise CroptuneError("--model and --api-key-env go with --endpoint URL")
-        backend = bundle_backend(bundle, base_model, batch_size, max_new_tokens)
+        backend = open_model(
+            str(bundle.path),
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens or bundle.max_new_tokens,
+            name=bundle.lora_name,
+            base_model=base_model,
+        )
     try:
         return predict_catalog(
             bundle,
@@ -358,7 +391,7 @@ def run_evaluate(
 ) -> list[EvaluationResult]:
     """Score every model (and teacher) on a split; write the comparison into out_dir.
 
-    models: --model values (see model_backend) or answer backends.
+    models: --model values (see open_model) or answer backends.
     """
     from finetune.evaluate import (
         dataset_schema,
@@ -373,7 +406,7 @@ def run_evaluate(
     rows = load_split(dataset_dir, split, limit)
     schema = dataset_schema(dataset_dir)
     backends: list[AnswerBackend] = [
-        model_backend(m, out_dir / EVAL_CACHE_DIR, batch_size, max_new_tokens)
+        open_model(m, out_dir / EVAL_CACHE_DIR, batch_size, max_new_tokens)
         if isinstance(m, str)
         else m
         for m in models
@@ -404,7 +437,7 @@ def run_evaluate(
     return results
 
 
-def _load_judge(path: Path) -> Any:
+def _load_judge(path: Path) -> JudgeConfig:
     """The judge config, its key variable checked before any model runs."""
     from teacher_labeling.engine import resolve_api_key
     from teacher_labeling.judge import load_judge_config
@@ -418,7 +451,9 @@ def _load_judge(path: Path) -> Any:
 JUDGE_CHUNK = 64  # items whose photos are decoded and held at once while judging
 
 
-def _judge_result(config: Any, result: Any, rows: Any, progress: bool) -> dict[str, Any]:
+def _judge_result(
+    config: JudgeConfig, result: EvaluationResult, rows: Any, progress: bool
+) -> dict[str, Any]:
     """The judge's bucket rates for one model's answers (one request per item it predicted)."""
     from teacher_labeling.judge import JudgeItem, bucket_rates, judge_items_sync
     from toolkit.progress import ProgressBar
@@ -516,11 +551,12 @@ def run_demo(
     progress: bool = False,
 ) -> DemoSummary:
     """The whole recipe offline on the synthetic example catalog, with the reference teacher."""
-    from finetune.export import base_model_of, export_bundle
+    from croptune.synthetic.catalog import make_example_catalog
+    from finetune.export.writer import export_bundle
     from finetune.infer import TransformersBackend
+    from finetune.models import base_model_of
     from finetune.train import TrainConfig, save_train_config, train
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
-    from toolkit.synthetic import make_example_catalog
 
     summary = DemoSummary(workdir=workdir)
     clock = _Clock(summary.seconds)

@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from toolkit.synthetic import make_example_catalog, make_marks_catalog
+from croptune.synthetic.catalog import make_example_catalog
+from croptune.synthetic.marks import make_marks_catalog
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("out_dir", type=Path, help="folder to write catalog.jsonl and img/ into")

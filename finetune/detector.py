@@ -32,7 +32,13 @@ from toolkit.config import ConfigPath, config_data, dump_yaml
 from toolkit.crops import FUSED_SOURCE
 from toolkit.dataset import SPLIT_KEYS, DatasetConfig
 from toolkit.errors import CroptuneError
-from toolkit.export import YOLO_SPLITS, ExportedPhoto, box_class, export_labels_yolo
+from toolkit.export import (
+    YOLO_SPLITS,
+    DetectionExport,
+    ExportedPhoto,
+    box_class,
+    export_labels_yolo,
+)
 from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError
 from toolkit.store import RunStore
@@ -77,21 +83,23 @@ class DetectorConfig(BaseModel):
         _SPLIT_DEFAULTS["validation_ratio"],
         ge=0,
         lt=1,
-        description="Share of ITEMS in validation, as in `dataset build` (the same split "
-        "authority: give the dataset's values so that no item the student is validated or "
-        "tested on trains the detector). Validation and test items are held out of training "
-        "and measure the detector.",
+        description="Share of ITEMS in validation, as in `dataset build`. The run's split is "
+        "recorded in its store by the first stage that splits it and obeyed by every later "
+        "one (a differing value is warned about, not used; `dataset build --resplit` splits "
+        "again), so no item the student is validated or tested on trains the detector. "
+        "Validation and test items are held out of training and measure the detector.",
     )
     test_ratio: float = Field(
         _SPLIT_DEFAULTS["test_ratio"],
         ge=0,
         lt=1,
-        description="Share of ITEMS in test, as in `dataset build`. Both ratios 0 train on "
-        "everything and measure nothing.",
+        description="Share of ITEMS in test, as in `dataset build` (used when the run has no "
+        "recorded split yet). Both ratios 0 train on everything and measure nothing.",
     )
     seed: int = Field(
         _SPLIT_DEFAULTS["seed"],
-        description="Seed of the item split (as `dataset build`'s seed) and of training.",
+        description="Seed of training, and of the item split when the run has no recorded "
+        "split yet (as `dataset build`'s seed).",
     )
     device: str = Field(
         "auto",
@@ -156,6 +164,10 @@ class DetectorSummary:
     boxes: dict[str, int] = field(default_factory=dict)  # train / held_out
     shared_photos: int = 0  # photos several items show, exported once with all their boxes
     merged_boxes: int = 0  # identical boxes of such photos kept once
+    # The settings that made the run's split the detector followed (the recorded ones when the
+    # run was split before, whatever the config says) and its status (toolkit.dataset.ItemSplit).
+    split: dict[str, float | int] = field(default_factory=dict)
+    split_status: str | None = None
     epochs: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float | int | None] = field(default_factory=dict)
@@ -412,13 +424,39 @@ def box_selector(store: RunStore, config: DetectorConfig) -> tuple[BoxSelector, 
     return select, described
 
 
+def detector_dataset(
+    store: RunStore, out_dir: Path, config: DetectorConfig, summary: DetectorSummary
+) -> DetectionExport:
+    """Export the boxes to learn as a YOLO dataset split by the run's one item split.
+
+    The split is the run store's recorded one (`toolkit.dataset.item_splits`), so no item the
+    student is validated or tested on is trained on; config's validation_ratio, test_ratio
+    and seed make it only when the run has none recorded yet. Fills summary's box source,
+    classes, split and items.
+    """
+    select, summary.box_source = box_selector(store, config)
+    export = export_labels_yolo(
+        store, out_dir, select=select, **{key: getattr(config, key) for key in SPLIT_KEYS}
+    )
+    summary.skipped = export.skipped
+    summary.classes = export.classes
+    summary.shared_photos, summary.merged_boxes = export.shared_photos, export.merged_boxes
+    summary.split, summary.split_status = export.split_settings, export.split_status
+    summary.splits = export.split_counts()
+    exported = {item_id for photo in export.photos for item_id, _ in photo.owners}
+    summary.train_items = sorted(i for i in exported if export.item_splits[i] == "train")
+    summary.held_out_items = sorted(i for i in exported if export.item_splits[i] in HELD_OUT)
+    return export
+
+
 def train_detector(
     run_dir: Path, out_dir: Path, config: DetectorConfig, verbose: bool = True
 ) -> DetectorSummary:
     """Train the region-proposal detector on a run's boxes; write weights, yaml and metrics.
 
-    Items are split as `dataset build` splits them (validation_ratio, test_ratio, seed): the
-    detector trains on train items only; validation and test items measure it.
+    Items follow the run's one split, the one `dataset build` uses (recorded in the run
+    store; see detector_dataset): the detector trains on train items only; validation and
+    test items measure it.
     """
     out_dir = Path(out_dir)
     model_source = _model_source(config.model)
@@ -427,20 +465,7 @@ def train_detector(
     summary = DetectorSummary(out_dir=out_dir, epochs=config.epochs)
     started = time.perf_counter()
     with RunStore(run_dir, create=False) as store:
-        select, summary.box_source = box_selector(store, config)
-        export = export_labels_yolo(
-            store,
-            out_dir / "dataset",
-            select=select,
-            **{key: getattr(config, key) for key in SPLIT_KEYS},
-        )
-    summary.skipped = export.skipped
-    summary.classes = export.classes
-    summary.shared_photos, summary.merged_boxes = export.shared_photos, export.merged_boxes
-    summary.splits = export.split_counts()
-    exported = {item_id for photo in export.photos for item_id, _ in photo.owners}
-    summary.train_items = sorted(i for i in exported if export.item_splits[i] == "train")
-    summary.held_out_items = sorted(i for i in exported if export.item_splits[i] in HELD_OUT)
+        export = detector_dataset(store, out_dir / "dataset", config, summary)
     train = [p for p in export.photos if p.split == "train"]
     held = [p for p in export.photos if p.split in HELD_OUT]
     summary.images = {"train": len(train), "held_out": len(held)}
@@ -657,7 +682,7 @@ def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Pa
             if measured.get("splits")
             else "nothing: no item is held out (validation_ratio and test_ratio give none)"
         ),
-        "split": {key: getattr(config, key) for key in SPLIT_KEYS},
+        "split": dict(summary.split),
         "items": {"train": len(summary.train_items), "held_out": len(summary.held_out_items)},
         "splits": summary.splits,
         "images": summary.images,
@@ -676,7 +701,7 @@ def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Pa
         "box_source": summary.box_source,
         "config": config_data(config),  # saved configs hold absolute paths
         "split": {
-            **{key: getattr(config, key) for key in SPLIT_KEYS},
+            **summary.split,
             "train": summary.train_items,
             "held_out": summary.held_out_items,
         },

@@ -24,29 +24,36 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from PIL import Image
+from pydantic import ValidationError
 
 from toolkit.answers import AnswerBackend, Example, GeneratedAnswer
 from toolkit.boxes import Box
+from toolkit.bundle import (
+    BUNDLE_FILE,
+    EXPORT_AGAIN,
+    BoxSourceName,
+    BundleManifest,
+    read_manifest_data,
+    validate_manifest,
+)
 from toolkit.catalog import Catalog, CatalogItem, item_fingerprint, load_ingested_image
+from toolkit.config import config_error
 from toolkit.crops import CropConfig, crop_item
 from toolkit.dataset import DatasetConfig, example_row, item_example
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
-from toolkit.images import DEFAULT_MAX_PIXELS, ImageLoadError
+from toolkit.images import DEFAULT_MAX_PIXELS, ImageChangedError, ImageLoadError
 from toolkit.messages import cause_of
 from toolkit.schema import AttributeSchema, extraction_prompt
 from toolkit.store import INGEST_STAGE, PREDICT_STAGE, ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FILE = "croptune.yaml"
 PREDICTOR = "predict"  # the store's teacher column for the student's answers
 STATS_FILE = "predict_stats.json"
 STAGES = ("decode", "boxes", "crop", "generate")
-BOX_SOURCES = ("detector", "teacher", "none")
-DEFAULT_MAX_NEW_TOKENS = 1024  # when the bundle records none (finetune.export's default)
+EXPORT_WITH_DATASET = "export it again with --dataset DIR (the training dataset folder)"
 
 
 # ---------------------------------------------------------------------------- the bundle
@@ -57,21 +64,21 @@ class Bundle:
     """What predict reads from a serving bundle: how training built its examples."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: BundleManifest
     schema: AttributeSchema
     crop: CropConfig | None  # None: the dataset was built without a crop stage
     dataset: DatasetConfig  # strategy, image budget, originals' longer side
     image_tokens: int | None
-    box_source: str
+    box_source: BoxSourceName
     max_new_tokens: int
     lora_name: str
 
     @property
     def detector_dir(self) -> Path | None:
         """BUNDLE/detector when the bundle ships one."""
-        detector = self.manifest.get("detector") or {}
-        folder = self.path / str(detector.get("path") or "detector")
-        return folder if detector and folder.is_dir() else None
+        detector = self.manifest.detector
+        folder = self.path / detector.path if detector else None
+        return folder if folder is not None and folder.is_dir() else None
 
     @property
     def uses_crops(self) -> bool:
@@ -80,83 +87,55 @@ class Bundle:
 
 
 def load_bundle(path: Path | str) -> Bundle:
-    """A bundle written by `croptune export`, checked for what predict needs."""
+    """A bundle written by `croptune export`, its croptune.yaml validated and checked for
+    what predict needs (a missing field is an error naming it, never a default)."""
     path = Path(path)
-    manifest_file = path / BUNDLE_FILE
-    if not manifest_file.is_file():
-        raise CroptuneError(
-            f"{path} is not a croptune bundle (no {BUNDLE_FILE}); write one with "
-            "`croptune export --adapter DIR --out BUNDLE`"
-        )
-    try:
-        manifest = yaml.safe_load(manifest_file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise CroptuneError(f"{manifest_file} is not valid YAML: {exc}") from exc
-    if not manifest.get("schema"):
+    data = read_manifest_data(path)
+    # Checked before the other fields: a bundle without the dataset's facts lacks them all.
+    manifest = validate_manifest(BundleManifest, data, path) if data.get("schema") else None
+    schema = manifest.schema_ if manifest else None
+    if manifest is None or schema is None:
         raise CroptuneError(
             f"bundle {path} records no schema, prompt or crop config (it was exported without "
-            "the dataset's croptune_dataset.json); export it again with --dataset DIR"
+            f"the dataset's croptune_dataset.json); {EXPORT_WITH_DATASET}"
         )
-    schema = AttributeSchema.model_validate(manifest["schema"])
-    prompt = manifest.get("prompt") or {}
-    recorded = prompt.get("instructions")
+    recorded = manifest.prompt.instructions
     if recorded is not None and recorded.strip() != extraction_prompt(schema).strip():
         raise CroptuneError(
             f"bundle {path} was trained with other instructions than this croptune writes "
-            f"(croptune {manifest.get('croptune_version')}); predict with the croptune "
+            f"(croptune {manifest.croptune_version}); predict with the croptune "
             "version that trained it, so the student sees its training prompt"
         )
-    dataset = manifest.get("dataset") or {}
-    dataset_config = DatasetConfig(
-        strategy=dataset.get("strategy") or "originals+crops",
-        max_images_per_item=manifest.get("image_budget") or 9,
-        max_image_side=prompt.get("originals_max_side") or dataset.get("max_image_side") or 1024,
-    )
-    crop = CropConfig.model_validate(manifest["crop"]) if manifest.get("crop") else None
-    decoding = prompt.get("decoding") or {}
+    needed = {
+        "image_budget": manifest.image_budget,
+        "dataset.strategy": manifest.dataset.strategy,
+        "prompt.originals_max_side": manifest.prompt.originals_max_side,
+    }
+    missing = [name for name, value in needed.items() if value is None]
+    if missing:
+        raise CroptuneError(
+            f"bundle {path} records no {', '.join(missing)} in {BUNDLE_FILE} (how training "
+            f"built its examples); {EXPORT_WITH_DATASET}"
+        )
+    try:
+        dataset_config = DatasetConfig(
+            strategy=manifest.dataset.strategy,
+            max_images_per_item=manifest.image_budget,
+            max_image_side=manifest.prompt.originals_max_side,
+        )
+    except ValidationError as exc:
+        error = config_error(exc, f"bundle {path}: the dataset settings in {BUNDLE_FILE}")
+        raise CroptuneError(f"{error}; {EXPORT_AGAIN}") from exc
     return Bundle(
         path=path,
         manifest=manifest,
         schema=schema,
-        crop=crop,
+        crop=manifest.crop,
         dataset=dataset_config,
-        image_tokens=manifest.get("image_tokens"),
-        box_source=str(manifest.get("box_source") or "none"),
-        max_new_tokens=int(decoding.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-        lora_name=str(manifest.get("lora_name") or "croptune"),
-    )
-
-
-def bundle_backend(
-    bundle: Bundle,
-    base_model: str | None = None,
-    batch_size: int = 4,
-    max_new_tokens: int | None = None,
-) -> Any:
-    """The student in-process: the bundle's merged/ model, or its base + adapter/.
-
-    base_model: load the base from here (a local folder, or croptune:tiny) instead of the
-    hub id croptune.yaml names; the adapter is then always put on top of it.
-    """
-    from finetune.infer import TransformersBackend
-
-    name, answer_tokens = bundle.lora_name, max_new_tokens or bundle.max_new_tokens
-    merged = bundle.path / "merged"
-    if base_model is None and (merged / "config.json").is_file():
-        return TransformersBackend(
-            str(merged), name=name, batch_size=batch_size, max_new_tokens=answer_tokens
-        )
-    base = base_model or bundle.manifest.get("base_model")
-    if not base:
-        raise CroptuneError(f"bundle {bundle.path} names no base_model; pass --base-model")
-    if not (bundle.path / "adapter" / "adapter_config.json").is_file():
-        raise CroptuneError(f"bundle {bundle.path} holds no adapter/adapter_config.json")
-    return TransformersBackend(
-        base,
-        bundle.path / "adapter",
-        name=name,
-        batch_size=batch_size,
-        max_new_tokens=answer_tokens,
+        image_tokens=manifest.image_tokens,
+        box_source=manifest.box_source,
+        max_new_tokens=manifest.prompt.decoding.max_new_tokens,
+        lora_name=manifest.lora_name,
     )
 
 
@@ -368,7 +347,7 @@ class Predictor:
                 bundle.dataset.strategy,
                 "" if bundle.crop else ", no crop stage",
             )
-        manifest_hash = _sha(bundle.manifest)
+        manifest_hash = _sha(bundle.manifest.model_dump(mode="json", by_alias=True))
         self.setup = _sha(manifest_hash, backend_key(backend), self.box_source.key())
         self.boxes_setup = _sha(manifest_hash, self.box_source.key())
         self.crop_hash = bundle.crop.config_hash() if bundle.crop is not None else None
@@ -403,14 +382,14 @@ class Predictor:
         for row in rows:
             try:
                 images[row.index] = load_ingested_image(row)
+            except ImageChangedError as exc:
+                raise _Failed(
+                    "decode",
+                    f"image {row.index} ({row.uri}) changed since it was ingested into "
+                    f"{self.store.run_dir}; predict into a new --workdir",
+                ) from exc
             except ImageLoadError as exc:
-                message = f"image {row.index}: {exc}"
-                if "changed since ingest" in str(exc):
-                    message = (
-                        f"image {row.index} ({row.uri}) changed since it was ingested into "
-                        f"{self.store.run_dir}; predict into a new --workdir"
-                    )
-                raise _Failed("decode", message) from exc
+                raise _Failed("decode", f"image {row.index}: {exc}") from exc
         seconds["decode"] = time.perf_counter() - clock
 
         clock = time.perf_counter()

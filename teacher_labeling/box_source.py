@@ -1,10 +1,10 @@
 """A box teacher as `predict`'s box source (box_source: teacher).
 
-The same request, coordinate conversion, parser and box cleaning as labeling a run: the
-photo is sent at the teacher's convention's size (a smart_resize fixed point for
-qwen2.5-vl), the answer is parsed by `teacher_labeling.parse.parse_boxes` into oriented
-pixels and clipped by `toolkit.boxes.clean_boxes`. Answers are cached in predict's work
-store under the teacher cache key, so a resumed predict asks nothing twice.
+The same question, cache key, sent size and answer reading as labeling a run
+(`teacher_labeling.box_questions`): the photo is sent at the teacher's convention's size (a
+smart_resize fixed point for qwen2.5-vl), the answer is read into clipped boxes in oriented
+pixels. Answers are cached in predict's work store under the teacher cache key, so a
+resumed predict asks nothing twice (and a run's labeling answers would be reused).
 
 It implements finetune.predict.BoxSource (structurally: `finetune` and `teacher_labeling`
 never import each other).
@@ -21,8 +21,7 @@ from typing import Any
 from PIL import Image
 from pydantic import ValidationError
 
-from teacher_labeling.conventions import sent_size
-from teacher_labeling.parse import parse_boxes
+from teacher_labeling.box_questions import ask_boxes, box_request, read_boxes
 from teacher_labeling.teachers import (
     LabelConfig,
     OpenAITeacher,
@@ -31,7 +30,7 @@ from teacher_labeling.teachers import (
     TeacherError,
     build_teacher,
 )
-from toolkit.boxes import Box, clean_boxes
+from toolkit.boxes import Box
 from toolkit.config import prepare_config_data, read_yaml_config
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, load_schema
@@ -101,9 +100,7 @@ class TeacherBoxes:
 
     def prepare(self) -> None:
         """Fail before the first item when the key variable is missing."""
-        check = getattr(self.teacher, "check_ready", None)
-        if check is not None:
-            check()
+        self.teacher.check_ready()
 
     def boxes(
         self,
@@ -143,26 +140,20 @@ class TeacherBoxes:
         self, item: ItemRow, index: int, image: Image.Image, image_hash: str, store: RunStore
     ) -> list[Box]:
         config = self.config
-        original = image.size
-        sent_wh = sent_size(config.coords, *original, config.min_pixels, config.max_pixels)
-        sent = image if sent_wh == original else image.resize(sent_wh, Image.Resampling.BICUBIC)
-        request = self.teacher.boxes_request(item, index, sent, image_hash, original)
-        if config.coords == "qwen2.5-vl":
-            request.parameters["pixels"] = [config.min_pixels, config.max_pixels]
+        request = box_request(self.teacher, item, index, image_hash, image.size)
         key = request.cache_key
         cached = store.cached_response(key)
         if cached is not None:
             text, usage = cached["text"], None
         else:
             try:
-                answer = await self.teacher.answer(request, item)
+                answer = await ask_boxes(self.teacher, request, item, image)
             except TeacherError as exc:
                 raise TeacherError(f"image {index}: {exc}") from exc
             self.asked += 1
             text, usage = answer.text, answer.usage
-        boxes, notes = parse_boxes(text, index, config.coords, sent_wh, original)
-        boxes, problems = clean_boxes(boxes, {index: original}, report_clipped=True)
-        for note in notes + problems:
+        boxes, notes = read_boxes(self.teacher, request, text)
+        for note in notes:
             store.log_event("predict", note, "warning", item.item_id, self.name, index)
         if usage is not None:  # cached once it parsed: an unusable answer is asked again
             store.record_answer(key, self.name, config.model, item.item_id, index, text, usage)

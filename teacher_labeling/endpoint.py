@@ -2,8 +2,8 @@
 
 Typically the student served by vLLM with its LoRA (`vllm serve BASE --enable-lora
 --lora-modules croptune=BUNDLE/adapter`: the model name is then `croptune`), or any other
-hosted model to compare against. Requests go through the teachers' RequestEngine
-(concurrency, rate limits, retries, timeouts) with the teachers' image encoding, and every
+hosted model to compare against. Requests go through the client layer the teachers use
+(`teacher_labeling.client`: request engine, image encoding), and every
 answer is cached in a RunStore under (model, prompt, image hashes, parameters, endpoint), so
 evaluating again asks nothing twice.
 """
@@ -18,24 +18,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
+from teacher_labeling.client import EndpointSettings, build_engine, check_ready, image_part
 from teacher_labeling.cost import image_tokens, text_tokens
-from teacher_labeling.teachers import (
-    ENCODED_IMAGES,
-    Role,
-    TeacherConfig,
-    TeacherRequest,
-    check_openai_endpoint,
-)
+from teacher_labeling.teachers import TeacherRequest
 from toolkit.answers import Example, GeneratedAnswer
 from toolkit.config import load_stage_config
 from toolkit.errors import CroptuneError
 from toolkit.images import pixel_hash, to_rgb
 from toolkit.progress import ProgressBar
 from toolkit.store import RunStore
+
+if TYPE_CHECKING:
+    from teacher_labeling.engine import RequestEngine
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +46,11 @@ _ATTEMPT_SECONDS: contextvars.ContextVar[list[float] | None] = contextvars.Conte
 )
 
 
-class EndpointConfig(TeacherConfig):
-    """A model behind an OpenAI-compatible endpoint: a teacher config without the teaching.
+class EndpointConfig(EndpointSettings):
+    """A model behind an OpenAI-compatible endpoint, answering evaluation examples.
 
-    The same fields as a teacher (name, base_url, model, api_key_env, max_concurrency,
-    requests_per_minute, tokens_per_minute, timeout_s, max_retries, temperature,
-    jpeg_quality); `max_tokens` is replaced by evaluate's `--max-new-tokens`.
+    The endpoint keys of a teacher (`teacher_labeling.client.EndpointSettings`);
+    `max_tokens` is replaced by evaluate's `--max-new-tokens`.
     """
 
     name: str = Field("", description="Row name in the comparison table (default: the model)")
@@ -61,23 +58,14 @@ class EndpointConfig(TeacherConfig):
         description="Model name sent to the endpoint (vLLM with --lora-modules croptune=...: "
         "the LoRA name, croptune)"
     )
-    role: Role = Field("attributes", description="Not used for evaluation")
     image_format: Literal["jpeg", "png"] = Field(
         "png",
         description="Encoding of the images sent: png (default: lossless, the pixels a student "
         "was trained on) or jpeg (smaller requests, e.g. for a hosted API model)",
     )
-    structured_output: bool = Field(
-        False,
-        description="Not supported for evaluation: the answer is scored as the model writes it",
-    )
 
     @model_validator(mode="after")
-    def _endpoint_only(self) -> EndpointConfig:
-        if self.kind != "openai":
-            raise ValueError("an endpoint config is for `kind: openai` (the default) only")
-        if self.structured_output:
-            raise ValueError("structured_output is not supported for evaluation")
+    def _default_name(self) -> EndpointConfig:
         if not self.name:
             self.name = self.model
         return self
@@ -147,7 +135,7 @@ class EndpointBackend:
         """Fail fast (before any model is loaded) on a missing key, a dead server or an
         unserved model; once per backend."""
         if self._client is None and not self._checked:
-            check_openai_endpoint(f"endpoint {self.name!r}", self.config)
+            check_ready(f"endpoint {self.name!r}", self.config)
             self._checked = True
 
     def request(self, images: list[Any], messages: list[dict[str, Any]]) -> TeacherRequest:
@@ -198,8 +186,7 @@ class EndpointBackend:
             for part in content:
                 if part.get("type") == "image":
                     image, image_hash = next(images)
-                    url = ENCODED_IMAGES.data_url(image, image_hash, self.config)
-                    parts.append({"type": "image_url", "image_url": {"url": url}})
+                    parts.append(image_part(image, image_hash, self.config))
                 elif part.get("type") == "text":
                     parts.append({"type": "text", "text": part.get("text") or ""})
             sent.append({"role": message["role"], "content": parts})
@@ -237,27 +224,13 @@ class EndpointBackend:
                     await engine.client.close()
         return [answer for answer in answers if answer is not None]
 
-    def _engine(self) -> Any:
+    def _engine(self) -> RequestEngine:
         """A request engine for this answer() call (made inside its event loop)."""
-        from teacher_labeling.engine import RequestEngine, openai_client, resolve_api_key
-
-        client = self._client
-        if client is None:
-            key = resolve_api_key(self.name, self.config.api_key_env, self.config.base_url)
-            client = openai_client(self.config.base_url, key, self.config.timeout_s)
-        return RequestEngine(
-            self.name,
-            self.config.model,
-            _TimedClient(client),
-            max_concurrency=self.config.max_concurrency,
-            requests_per_minute=self.config.requests_per_minute,
-            tokens_per_minute=self.config.tokens_per_minute,
-            max_retries=self.config.max_retries,
-        )
+        return build_engine(self.config, self._client, wrap=_TimedClient)
 
     async def _answer_one(
         self,
-        engine: Any,
+        engine: RequestEngine,
         store: RunStore | None,
         images: list[Any],
         messages: list[dict[str, Any]],

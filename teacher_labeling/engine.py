@@ -192,8 +192,8 @@ class RequestEngine:
         import openai
 
         reason = describe_error(exc)
-        status = getattr(exc, "status_code", None)
-        if isinstance(exc, openai.APIStatusError) and status in FATAL_STATUS:
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        if status in FATAL_STATUS:
             where = self._where()
             self.stopped = (
                 f"teacher {self.name!r} stopped: {reason} (model {self.model!r}"
@@ -203,8 +203,7 @@ class RequestEngine:
             )
             raise TeacherStopped(self.stopped) from exc
         retryable = isinstance(exc, openai.APITimeoutError | openai.APIConnectionError) or (
-            isinstance(exc, openai.APIStatusError)
-            and (status in RETRYABLE_STATUS or (status or 0) >= 500)
+            status is not None and (status in RETRYABLE_STATUS or status >= 500)
         )
         if isinstance(exc, ValueError) and not isinstance(exc, openai.OpenAIError):
             # A 200 whose body is not JSON (a proxy's error page): the client raises a plain
@@ -233,15 +232,14 @@ class RequestEngine:
                 raise TeacherStopped(self.stopped) from exc
             raise RequestFailed(f"gave up after {attempt + 1} attempts: {reason}") from exc
         self.stats.retries += 1
-        response = getattr(exc, "response", None)
-        wait = backoff_seconds(
-            attempt, retry_after_seconds(getattr(response, "headers", None)), self._rng
-        )
+        headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else None
+        wait = backoff_seconds(attempt, retry_after_seconds(headers), self._rng)
         logger.debug("%s: %s; retrying in %.1f s", self.name, reason, wait)
         return wait
 
     def _where(self) -> str | None:
         """The client's base URL, as the config spells it (no trailing slash)."""
+        # Any AsyncOpenAI-like client may be given (a wrapper, a test's): the URL is optional.
         url = getattr(self.client, "base_url", None)
         return str(url).rstrip("/") if url else None
 

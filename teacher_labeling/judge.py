@@ -10,10 +10,11 @@ The paper's buckets (Nulli et al., 2026), one per predicted field value:
 One request per item: its images, then an instruction holding the predicted values as a
 flat JSON object of claims, ``{"group.field": value}`` (nested objects flattened as in
 ``toolkit.metrics``; a list field gives one claim per element, ``"group.field[i]"``). The
-judge answers ``{"group.field": bucket}``. Requests go through the teachers' request engine
-(concurrency, rate limits, retries) with images encoded as the OpenAI teacher sends them.
+judge answers ``{"group.field": bucket}``. Requests go through the client layer the teachers
+use (`teacher_labeling.client`: request engine with concurrency, rate limits, retries; image
+encoding); the judge needs no attribute schema.
 
-A judge config (YAML) names the endpoint with the fields of a teacher config::
+A judge config (YAML) names the endpoint with the endpoint keys of a teacher config::
 
     endpoint:
       model: gpt-4.1
@@ -32,16 +33,20 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from teacher_labeling.client import EndpointSettings, build_engine, check_ready, user_message
+from teacher_labeling.cost import image_tokens, text_tokens
 from teacher_labeling.parse import AnswerParseError, extract_json
-from teacher_labeling.teachers import OpenAITeacher, TeacherConfig, TeacherRequest
 from toolkit.config import load_stage_config
 from toolkit.errors import CroptuneError
 from toolkit.metrics import flatten_fields
+
+if TYPE_CHECKING:
+    from teacher_labeling.engine import RequestEngine
 
 logger = logging.getLogger(__name__)
 
@@ -70,32 +75,41 @@ Extracted values:
 _BUCKET_SPELLING = re.compile(r"[\s-]+")
 
 
+class JudgeEndpointConfig(EndpointSettings):
+    """The judge's OpenAI-compatible endpoint: a teacher's endpoint keys, and its answer format."""
+
+    name: str = Field(JUDGE_NAME, description="Name used in messages")
+    structured_output: bool = Field(
+        True,
+        description="Send the claim keys as a strict json_schema response_format (OpenAI "
+        "structured outputs; vLLM guided decoding). Off for servers without it.",
+    )
+    expected_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Answer tokens assumed for the token rate limit (default: 16 per claim + 16)",
+    )
+
+
 class JudgeConfig(BaseModel):
     """The LLM judge: which OpenAI-compatible endpoint answers, and how hard it may be pushed."""
 
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: TeacherConfig = Field(
-        description="A teacher config naming the judge's endpoint: model, base_url, "
-        "api_key_env, max_concurrency, requests_per_minute, tokens_per_minute, timeout_s, "
-        "max_retries, temperature, max_tokens, jpeg_quality, structured_output "
-        "(name defaults to 'judge'; box settings are unused)"
+    endpoint: JudgeEndpointConfig = Field(
+        description="The judge's endpoint: model, base_url, api_key_env, max_concurrency, "
+        "requests_per_minute, tokens_per_minute, timeout_s, max_retries, temperature, "
+        "max_tokens, jpeg_quality, structured_output (name defaults to 'judge')"
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _endpoint_defaults(cls, data: Any) -> Any:
-        # A judge has no role to choose; name it so messages say who stopped.
-        if isinstance(data, dict) and isinstance(data.get("endpoint"), dict):
-            endpoint = {"name": JUDGE_NAME, "role": "attributes", **data["endpoint"]}
-            data = {**data, "endpoint": endpoint}
-        return data
-
-    @model_validator(mode="after")
-    def _openai_kind(self) -> JudgeConfig:
-        if self.endpoint.kind != "openai":
+    def _openai_kind(cls, data: Any) -> Any:
+        # A teacher entry copied here may name its kind: only an endpoint can judge.
+        endpoint = data.get("endpoint") if isinstance(data, dict) else None
+        if isinstance(endpoint, dict) and endpoint.get("kind", "openai") != "openai":
             raise ValueError("the judge needs an OpenAI-compatible endpoint (kind: openai)")
-        return self
+        return data
 
 
 def load_judge_config(path: Path | str) -> JudgeConfig:
@@ -221,46 +235,36 @@ def parse_judgement(text: str, keys: Collection[str] | None = None) -> dict[str,
     return buckets
 
 
-def _request(teacher: OpenAITeacher, item: JudgeItem, claims: dict[str, Any]) -> TeacherRequest:
+def _question(
+    config: JudgeEndpointConfig, item: JudgeItem, claims: dict[str, Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """The chat messages of one item's judgement and its estimated prompt tokens."""
     from toolkit.images import pixel_hash
 
     images = [image if image.mode == "RGB" else image.convert("RGB") for image in item.images]
-    return TeacherRequest(
-        teacher=teacher.name,
-        model=teacher.config.model,
-        item_id=item.item_id,
-        image=None,
-        prompt=judge_prompt(claims, len(images)),
-        images=images,
-        image_hashes=[pixel_hash(image) for image in images],
-        parameters={"task": "judge"},
-    )
+    prompt = judge_prompt(claims, len(images))
+    messages = user_message(images, [pixel_hash(image) for image in images], prompt, config)
+    tokens = text_tokens(prompt) + sum(image_tokens(config.model, *image.size) for image in images)
+    return messages, tokens
 
 
-async def _judge_one(teacher: OpenAITeacher, item: JudgeItem) -> JudgeResult:
+async def _judge_one(
+    config: JudgeEndpointConfig, engine: RequestEngine, item: JudgeItem
+) -> JudgeResult:
     from teacher_labeling.engine import RequestFailed
 
     claims = judge_claims(item.predicted)
     result = JudgeResult(item_id=item.item_id, claims=claims)
     if not claims:
         return result  # nothing predicted: nothing to judge, no request
-    config = teacher.config
-
-    def build() -> tuple[TeacherRequest, list[dict[str, Any]]]:
-        request = _request(teacher, item, claims)
-        return request, teacher.messages(request)
-
     # Hashing and encoding photos takes tens of ms each: off the event loop.
-    request, messages = await asyncio.to_thread(build)
-    prompt_tokens = teacher.estimate_tokens(request, [image.size for image in request.images])[0]
+    messages, prompt_tokens = await asyncio.to_thread(_question, config, item, claims)
     completion_tokens = config.expected_output_tokens or 16 * len(claims) + 16
     params: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_tokens}
     if config.structured_output:
         params["response_format"] = judge_response_format(claims)
     try:
-        completion = await teacher.engine.complete(
-            messages, prompt_tokens + completion_tokens, **params
-        )
+        completion = await engine.complete(messages, prompt_tokens + completion_tokens, **params)
     except RequestFailed as exc:
         result.error = str(exc)
         logger.warning("judge: item %s failed: %s", item.item_id, exc)
@@ -285,11 +289,10 @@ async def judge_items(
     endpoint refuses the judge for good (bad key, unknown model: HTTP 400/401/403/404).
     """
     from teacher_labeling.engine import TeacherStopped, describe_error
-    from toolkit.schema import load_schema
 
     endpoint = config.endpoint
-    teacher = OpenAITeacher(endpoint, load_schema())  # the schema is unused by the judge
-    teacher.check_ready()
+    check_ready(f"teacher {endpoint.name!r}", endpoint)  # named as when it was a teacher
+    engine = build_engine(endpoint)
 
     # Items wait here before their photos are encoded, so a large split is not held in
     # memory as data URLs all at once; twice the request slots keeps the endpoint busy.
@@ -297,7 +300,7 @@ async def judge_items(
 
     async def one(item: JudgeItem) -> JudgeResult:
         async with gate:
-            result = await _judge_one(teacher, item)
+            result = await _judge_one(endpoint, engine, item)
         if on_result is not None:
             on_result(result)
         return result
@@ -305,7 +308,7 @@ async def judge_items(
     try:
         outcomes = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
     finally:
-        await teacher.close()
+        await engine.client.close()
     stopped = next((o for o in outcomes if isinstance(o, TeacherStopped)), None)
     if stopped is not None:
         reason = describe_error(stopped.__cause__) if stopped.__cause__ else str(stopped)

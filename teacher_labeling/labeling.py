@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from teacher_labeling.conventions import sent_size
+from teacher_labeling.box_questions import ask_boxes, box_request, read_boxes
 from teacher_labeling.cost import Price, Spend
-from teacher_labeling.parse import AnswerParseError, parse_attributes, parse_boxes
+from teacher_labeling.parse import AnswerParseError, parse_attributes
 from teacher_labeling.prompts import relabel_prompt
 from teacher_labeling.teachers import FusionConfig, Teacher, TeacherError, TeacherRequest
-from toolkit.boxes import Box, clean_boxes
+from toolkit.boxes import Box
 from toolkit.catalog import load_ingested_image
 from toolkit.crops import FUSED_SOURCE
 from toolkit.images import ImageLoadError, load_image
@@ -85,7 +85,6 @@ class _Pending:
     image_indices: list[int]  # originals the request shows (crops come after them)
     crops: list[CropRow] = field(default_factory=list)
     cached: dict[str, Any] | None = None  # an answer given to another item: reuse, not ask
-    sent_wh: tuple[int, int] | None = None  # boxes requests: the size of the image as sent
 
 
 class _LabelRun:
@@ -179,9 +178,8 @@ async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool) -> None:
     to_ask = [p for p in pending if p.cached is None]
     if to_ask:
         needed = sorted({i for p in to_ask for i in p.image_indices})
-        sizes = {(p.request.image, p.sent_wh) for p in to_ask if p.request.image is not None}
-        # One trip to a worker thread decodes and resizes everything this item needs.
-        images = await asyncio.to_thread(_load_images, run, item, needed, sizes)
+        # One trip to a worker thread decodes everything this item needs.
+        images = await asyncio.to_thread(_load_images, run, item, needed)
         crops = await asyncio.to_thread(_load_crops, run, item, to_ask)
         tasks = [
             _ask(run, item, p, images, crops)
@@ -200,6 +198,7 @@ def _pending_requests(run: _LabelRun, item: ItemRow, relabel: bool) -> list[_Pen
     if not rows:
         return []
     hashes = [r.sha256 or "" for r in rows]
+    sizes = {r.index: (r.width or 0, r.height or 0) for r in rows}
     crops = _current_crops(run.store, item.item_id) if relabel else []
     pending: list[_Pending] = []
     for teacher in run.teachers:
@@ -212,24 +211,11 @@ def _pending_requests(run: _LabelRun, item: ItemRow, relabel: bool) -> list[_Pen
             pending.append(_Pending(teacher, request, [r.index for r in rows], crops))
         if teacher.does_boxes and not relabel:
             for row in rows:
-                request = teacher.boxes_request(item, row.index, None, row.sha256 or "")  # type: ignore[arg-type]
-                if teacher.config.coords == "qwen2.5-vl":
-                    # The sent size follows these limits: they are part of the question.
-                    request.parameters["pixels"] = [
-                        teacher.config.min_pixels,
-                        teacher.config.max_pixels,
-                    ]
+                request = box_request(teacher, item, row.index, row.sha256 or "", sizes[row.index])
                 pending.append(_Pending(teacher, request, [row.index]))
-    sizes = {r.index: (r.width or 0, r.height or 0) for r in rows}
     todo = []
     for p in pending:
         key = p.request.cache_key
-        if p.request.image is not None:
-            config = p.teacher.config
-            p.request.original_size = sizes[p.request.image]
-            p.sent_wh = sent_size(
-                config.coords, *p.request.original_size, config.min_pixels, config.max_pixels
-            )
         if run.store.has_result(item.item_id, key):
             run.summary.cached += 1
             continue
@@ -246,25 +232,15 @@ def _current_crops(store: RunStore, item_id: str) -> list[CropRow]:
     return [c for c in crops if c.duplicate_of is None]  # pHash duplicates add nothing
 
 
-def _load_images(
-    run: _LabelRun, item: ItemRow, indices: list[int], sizes: set[tuple[int, Any]]
-) -> dict[Any, Image.Image]:
-    """Originals by index (checked against ingest), and (index, size) -> the image as sent."""
+def _load_images(run: _LabelRun, item: ItemRow, indices: list[int]) -> dict[int, Image.Image]:
+    """Originals by index (checked against ingest)."""
     rows = {r.index: r for r in run.store.images(item.item_id)}
-    loaded: dict[Any, Image.Image] = {}
+    loaded: dict[int, Image.Image] = {}
     for index in indices:
         try:
             loaded[index] = load_ingested_image(rows[index])
         except ImageLoadError as exc:
-            message = str(exc) if str(exc).startswith("image ") else f"image {index}: {exc}"
-            run.error(item.item_id, None, index, message)
-    for index, size in sizes:
-        if index in loaded:
-            original = loaded[index]
-            same = size is None or tuple(size) == original.size
-            loaded[(index, size)] = (
-                original if same else original.resize(size, Image.Resampling.BICUBIC)
-            )
+            run.error(item.item_id, None, index, f"image {index}: {exc}")
     return loaded
 
 
@@ -283,7 +259,7 @@ async def _ask(
     run: _LabelRun,
     item: ItemRow,
     pending: _Pending,
-    images: dict[Any, Image.Image],
+    images: dict[int, Image.Image],
     crops: dict[str, Image.Image],
 ) -> None:
     """Send one request (or wait for the same one in flight), then parse and store the answer."""
@@ -293,6 +269,12 @@ async def _ask(
         if answer is not None:
             run.summary.cached += 1
             _store_answer(run, item, pending, answer["text"], answer["usage"])
+        return
+    # Answered for another item while this one's photos were being decoded.
+    cached = run.store.cached_response(key)
+    if cached is not None:
+        run.summary.cached += 1
+        _store_answer(run, item, pending, cached["text"], cached["usage"])
         return
     future: asyncio.Future = asyncio.get_running_loop().create_future()
     run.in_flight[key] = future
@@ -310,7 +292,7 @@ async def _send(
     run: _LabelRun,
     item: ItemRow,
     pending: _Pending,
-    images: dict[Any, Image.Image],
+    images: dict[int, Image.Image],
     crops: dict[str, Image.Image],
 ) -> dict[str, Any] | None:
     """The teacher's answer to one request, or None when it failed (recorded) or was stopped."""
@@ -321,14 +303,14 @@ async def _send(
         return None
     if any(c.sha256 not in crops for c in pending.crops):
         return None  # a crop file is unreadable: already reported, the item is asked next time
-    if request.image is None:
-        request.images = [images[i] for i in pending.image_indices] + [
-            crops[c.sha256] for c in pending.crops
-        ]
-    else:
-        request.images = [images[(request.image, pending.sent_wh)]]
     try:
-        answer = await teacher.answer(request, item)
+        if request.image is None:
+            request.images = [images[i] for i in pending.image_indices] + [
+                crops[c.sha256] for c in pending.crops
+            ]
+            answer = await teacher.answer(request, item)
+        else:
+            answer = await ask_boxes(teacher, request, item, images[request.image])
     except TeacherStopped as exc:
         if teacher.name not in run.summary.stopped:
             run.summary.stopped[teacher.name] = str(exc)
@@ -382,19 +364,16 @@ def _store_attributes(
 
 def _store_boxes(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict) -> None:
     teacher, request = pending.teacher, pending.request
-    index, config = request.image, teacher.config
-    assert index is not None and request.original_size is not None
-    sent_wh = pending.sent_wh or request.original_size
+    index = request.image
     try:
-        boxes, notes = parse_boxes(text, index, config.coords, sent_wh, request.original_size)
+        boxes, notes = read_boxes(teacher, request, text)
     except AnswerParseError as exc:
         run.store.record_failure(
             request.cache_key, teacher.name, request.model, item.item_id, index, str(exc), text
         )
         run.error(item.item_id, teacher.name, index, f"boxes: {exc}")
         return
-    boxes, problems = clean_boxes(boxes, {index: request.original_size}, report_clipped=True)
-    for note in notes + problems:
+    for note in notes:
         run.store.log_event("label", note, "warning", item.item_id, teacher.name, index)
         run.summary.warn(teacher.name, note, item.item_id)
     ids = run.store.record_answer(
@@ -468,12 +447,11 @@ def pending_requests(
             if p.cached is not None or p.request.cache_key in seen:
                 continue  # answered already, or asked once for several items
             seen.add(p.request.cache_key)
-            config = p.teacher.config
             shown = [sizes[i] for i in p.image_indices] + [
                 (c.region[2] - c.region[0], c.region[3] - c.region[1]) for c in p.crops
             ]
-            if p.request.image is not None:
-                shown = [sent_size(config.coords, *shown[0], config.min_pixels, config.max_pixels)]
+            if p.request.sent_size is not None:
+                shown = [p.request.sent_size]
             prompt, completion = p.teacher.estimate_tokens(p.request, shown)
             name = p.teacher.name
             result.per_teacher[name] = result.per_teacher.get(name, 0) + 1

@@ -2,7 +2,8 @@
 
 Useful for small teachers, offline runs and tests. Requests are answered one at a
 time per model (generate is not re-entrant and a model fills its device); larger
-runs belong on a vLLM server behind the `openai` kind.
+runs belong on a vLLM server behind the `openai` kind. Loading, encoding, generating and
+decoding are toolkit.generation's, the same as the in-process student's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from teacher_labeling.teachers import (
     TeacherRequest,
 )
 from toolkit.errors import CroptuneError
+from toolkit.generation import chat_messages, encode_chats, generate, load_vlm
 from toolkit.schema import AttributeSchema
 from toolkit.store import ItemRow
 
@@ -65,16 +67,7 @@ class LocalTeacher(Teacher):
         model_id = self.config.model
         self.check_ready()
         try:
-            import torch
-            from transformers import AutoModelForImageTextToText, AutoProcessor
-
-            on_gpu = torch.cuda.is_available()
-            processor = AutoProcessor.from_pretrained(model_id)
-            model = AutoModelForImageTextToText.from_pretrained(
-                model_id,
-                dtype="auto" if on_gpu else torch.float32,
-                **({"device_map": "auto"} if on_gpu else {}),
-            )
+            model, processor = load_vlm(model_id, shard=True)  # a large teacher: all GPUs
         except Exception as exc:  # noqa: BLE001 - any load failure stops the run, with its cause
             raise CroptuneError(
                 f"local teacher {self.name!r}: cannot load model {model_id!r} "
@@ -82,15 +75,12 @@ class LocalTeacher(Teacher):
             ) from exc
         if self.config.coords == "qwen2.5-vl":
             _check_qwen_processor(self.name, model_id, processor)
-        model.eval()
         self._processor, self._model = processor, model
         logger.info("%s: loaded %s on %s", self.name, model_id, model.device)
 
     def messages(self, request: TeacherRequest) -> list[dict[str, Any]]:
         """The chat messages of a request: one image part per image, then the instruction."""
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
-        content.append({"type": "text", "text": request.prompt})
-        return [{"role": "user", "content": content}]
+        return chat_messages(request.prompt, len(request.images))
 
     def processor_kwargs(self) -> dict[str, Any]:
         """Extra processor arguments: for qwen2.5-vl, the config's pixel limits.
@@ -131,51 +121,32 @@ class LocalTeacher(Teacher):
                 ) from exc
 
     def encode(self, request: TeacherRequest) -> Any:
-        """The processor's model inputs for one request (the model must be loaded)."""
-        processor = self._processor
-        text = processor.apply_chat_template(
-            self.messages(request), add_generation_prompt=True, tokenize=False
-        )
-        return processor(
-            text=[text],
-            images=list(request.images) or None,
-            return_tensors="pt",
-            # The chat template already starts with <bos> (Gemma); the tokenizer's own
-            # would be a second one, which the model never saw in training.
-            add_special_tokens=False,
-            **self.processor_kwargs(),
-        )
+        """The processor's model inputs for one request (the model must be loaded).
+
+        Encoded as the in-process student's prompts are (toolkit.generation.encode_chats):
+        the chat template's one <bos>, the processor's per-call image options, and for
+        qwen2.5-vl the config's pixel limits.
+        """
+        chat = (list(request.images), self.messages(request))
+        images_kwargs = self.processor_kwargs().get("images_kwargs")
+        return encode_chats(self._processor, [chat], images_kwargs)
 
     def _generate(self, request: TeacherRequest) -> TeacherAnswer:
-        import torch
-
-        processor, model = self._processor, self._model
         inputs = self.encode(request)
         if self.config.coords == "qwen2.5-vl" and request.image is not None:
-            _check_kept_size(request, inputs, processor)
-        inputs = inputs.to(model.device)
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": self.config.temperature}
-            if self.config.temperature > 0
-            # Greedy; unset the checkpoint's sampling knobs so transformers does not warn.
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            _check_kept_size(request, inputs, self._processor)
+        (result,) = generate(
+            self._model, self._processor, inputs, self.config.max_tokens, self.config.temperature
         )
-        prompt_length = int(inputs["input_ids"].shape[1])
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=self.config.max_tokens, **sampling)
-        new_tokens = output[0, prompt_length:]
-        answer = processor.batch_decode(
-            new_tokens.unsqueeze(0), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )[0]
         usage: dict[str, Any] = {
-            "prompt_tokens": prompt_length,
-            "completion_tokens": int(new_tokens.shape[0]),
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": len(result.tokens),
         }
-        if usage["completion_tokens"] >= self.config.max_tokens and not _ended(model, new_tokens):
+        if result.truncated:  # the token limit, or a runaway repetition stopped early
             usage["truncated"] = 1  # the parser repairs what it can of a cut-off answer
-        return TeacherAnswer(text=answer, usage=usage)
+        if result.stopped:
+            logger.info("%s: %s", self.name, result.stopped)
+        return TeacherAnswer(text=result.text, usage=usage)
 
     async def close(self) -> None:
         """Drop the model and processor (they load again on next use)."""
@@ -214,10 +185,3 @@ def _check_kept_size(request: TeacherRequest, inputs: Any, processor: Any) -> No
                 f"{seen[0]}x{seen[1]}; its boxes would not match the image sent "
                 "(are min_pixels/max_pixels the model's?)"
             )
-
-
-def _ended(model: Any, new_tokens: Any) -> bool:
-    """Whether generation stopped on an end-of-sequence token."""
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return bool(new_tokens.numel()) and int(new_tokens[-1]) in eos_ids

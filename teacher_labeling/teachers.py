@@ -5,16 +5,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from teacher_labeling.conventions import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Coords, from_pixels
+from teacher_labeling.client import (
+    ENCODED_IMAGES,
+    EndpointSettings,
+    build_engine,
+    check_ready,
+    user_message,
+)
+from teacher_labeling.conventions import (
+    QWEN_MAX_PIXELS,
+    QWEN_MIN_PIXELS,
+    Coords,
+    from_pixels,
+    sent_size,
+)
 from teacher_labeling.cost import Price, image_tokens, price_for, text_tokens
 from teacher_labeling.prompts import attributes_prompt, boxes_prompt
 from toolkit.boxes import BoxConvention
@@ -23,6 +35,9 @@ from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, listing_text
 from toolkit.store import ItemRow
 
+if TYPE_CHECKING:
+    from teacher_labeling.engine import RequestEngine
+
 Role = Literal["boxes", "attributes", "both"]
 
 
@@ -30,10 +45,8 @@ class NotBuiltError(CroptuneError):
     """A documented capability that this version of croptune does not have yet."""
 
 
-class TeacherConfig(BaseModel):
+class TeacherConfig(EndpointSettings):
     """One teacher: what it labels, where it is served, how hard it may be pushed."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Free name, recorded as the source of its boxes and labels")
     role: Role = Field(description="boxes | attributes | both (the reference teacher)")
@@ -42,56 +55,24 @@ class TeacherConfig(BaseModel):
         description="openai: any OpenAI-compatible endpoint; reference: the catalog's own "
         "reference labels and boxes; local: a transformers model in-process",
     )
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL; omit for OpenAI")
     model: Annotated[str, ConfigPath(when=("kind", "local"))] = Field(
         "reference",
         description="Model name sent to the endpoint; kind local: a hub id or a local model "
         "folder (relative to the config file)",
     )
-    api_key_env: str | None = Field(
-        None, description="NAME of the environment variable holding the key (never the key)"
-    )
     coords: Coords = Field("pixels", description="Box convention of the teacher's answers")
     min_pixels: int = Field(QWEN_MIN_PIXELS, description="qwen2.5-vl: server processor min_pixels")
     max_pixels: int = Field(QWEN_MAX_PIXELS, description="qwen2.5-vl: server processor max_pixels")
-    max_concurrency: int = Field(32, ge=1, description="Requests in flight at once")
-    requests_per_minute: int = Field(600, ge=1, description="Request rate limit")
-    tokens_per_minute: int = Field(2_000_000, ge=1, description="Token rate limit")
-    timeout_s: float = Field(120, gt=0, description="Per-request timeout in seconds")
-    startup_wait_s: float = Field(
-        0,
-        ge=0,
-        description="Seconds to wait for the server to answer before the first request (a "
-        "vLLM still loading its model); 0 = a dead URL fails at once",
-    )
-    max_retries: int = Field(6, ge=0, description="Retries of 429/5xx/timeouts before giving up")
-    temperature: float = Field(0.0, ge=0, description="Sampling temperature")
-    max_tokens: int = Field(2048, ge=1, description="Answer length limit in tokens")
     structured_output: bool = Field(
         True,
         description="Attributes teachers: send the schema as a strict json_schema response_format "
         "(OpenAI structured outputs; vLLM guided decoding). Off for servers without it.",
     )
-    image_format: Literal["jpeg", "png"] = Field(
-        "jpeg",
-        description="Encoding of the images sent: jpeg (small requests, what APIs price) or png "
-        "(lossless: the exact pixels, for a student served by vLLM)",
-    )
-    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the images sent")
     expected_output_tokens: int | None = Field(
         None,
         ge=1,
         description="Answer tokens assumed by --dry-run (default: 400 attributes, 300 boxes)",
     )
-
-    @model_validator(mode="after")
-    def _no_inline_keys(self) -> TeacherConfig:
-        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
-            raise ValueError(
-                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                "not the key itself"
-            )
-        return self
 
 
 class FusionConfig(BaseModel):
@@ -175,6 +156,7 @@ class TeacherRequest:
     image_hashes: list[str]
     parameters: dict[str, Any] = field(default_factory=dict)
     original_size: tuple[int, int] | None = None  # boxes requests: the oriented original's size
+    sent_size: tuple[int, int] | None = None  # boxes requests: the size the photo is sent at
 
     @property
     def cache_key(self) -> str:
@@ -238,21 +220,33 @@ class Teacher(ABC):
         self,
         item: ItemRow,
         index: int,
-        image: Image.Image,
+        image: Image.Image | None,
         image_hash: str,
         original_size: tuple[int, int] | None = None,
     ) -> TeacherRequest:
-        """The one-image question for boxes (image: as sent; its hash: of the original)."""
+        """The one-image question for boxes, with its own cache key (image: as sent, or None
+        to be set before it is asked; its hash: of the original)."""
+        config = self.config
+        parameters: dict[str, Any] = {"task": "boxes", "coords": config.coords}
+        parameters.update(self._parameters())
+        if config.coords == "qwen2.5-vl":
+            # The sent size follows these limits: they are part of the question.
+            parameters["pixels"] = [config.min_pixels, config.max_pixels]
         return TeacherRequest(
             teacher=self.name,
-            model=self.config.model,
+            model=config.model,
             item_id=item.item_id,
             image=index,
-            prompt=boxes_prompt(self.config.coords),
-            images=[image],
+            prompt=boxes_prompt(config.coords),
+            images=[image] if image is not None else [],
             image_hashes=[image_hash],
-            parameters={"task": "boxes", "coords": self.config.coords, **self._parameters()},
+            parameters=parameters,
             original_size=original_size,
+            sent_size=(
+                sent_size(config.coords, *original_size, config.min_pixels, config.max_pixels)
+                if original_size is not None
+                else None
+            ),
         )
 
     def _parameters(self) -> dict[str, Any]:
@@ -290,6 +284,10 @@ class Teacher(ABC):
         default_output = 300 if request.image is not None else 400
         return prompt, self.config.expected_output_tokens or default_output
 
+    def check_ready(self) -> None:  # noqa: B027 - an optional hook: nothing to check by default
+        """Fail fast (before any work) when the teacher cannot answer (a missing key, a dead
+        server, an unserved model); nothing to check by default."""
+
     async def close(self) -> None:  # noqa: B027 - an optional hook: nothing to release by default
         """Release connections or models held by the teacher."""
 
@@ -300,6 +298,31 @@ class ReferenceTeacher(Teacher):
     It writes its answer as text in its coordinate convention, so what it says goes
     through the same parsers and store path as a real teacher's answer.
     """
+
+    # Its answer is the item's own labels, so they are part of the question: a photo two
+    # listings share gets each listing's boxes, not whichever listing was asked first.
+    def attributes_request(
+        self, item: ItemRow, images: list[Image.Image], hashes: list[str]
+    ) -> TeacherRequest:
+        """The whole-item question, keyed by the item's reference attributes too."""
+        request = super().attributes_request(item, images, hashes)
+        request.parameters["reference"] = _digest(item.reference_attributes)
+        return request
+
+    def boxes_request(
+        self,
+        item: ItemRow,
+        index: int,
+        image: Image.Image | None,
+        image_hash: str,
+        original_size: tuple[int, int] | None = None,
+    ) -> TeacherRequest:
+        """The one-image question, keyed by the item's reference boxes on that photo too."""
+        request = super().boxes_request(item, index, image, image_hash, original_size)
+        own = [[box["xyxy"], box.get("label", "")] for box in item.reference_boxes
+               if box["image"] == index]  # fmt: skip
+        request.parameters["reference"] = _digest(own)
+        return request
 
     async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
         """The item's reference attributes, or the reference boxes of the requested image."""
@@ -318,52 +341,38 @@ class ReferenceTeacher(Teacher):
         return TeacherAnswer(text=json.dumps(entries))
 
 
+def _digest(value: Any) -> str:
+    """A short stable hash of JSON-able labels."""
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class OpenAITeacher(Teacher):
     """Any OpenAI-compatible chat completions endpoint: OpenAI (GPT-4.1), vLLM, others."""
 
     def __init__(self, config: TeacherConfig, schema: AttributeSchema, client: Any = None) -> None:
         super().__init__(config, schema)
         self._client = client
-        self._engine: Any = None
+        self._engine: RequestEngine | None = None
         self._encoded = ENCODED_IMAGES
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> RequestEngine:
         """The teacher's request engine (made on first use, inside the running event loop)."""
         if self._engine is None:
-            from teacher_labeling.engine import RequestEngine, openai_client, resolve_api_key
-
-            client = self._client
-            if client is None:
-                key = resolve_api_key(self.name, self.config.api_key_env, self.config.base_url)
-                client = openai_client(self.config.base_url, key, self.config.timeout_s)
-            self._engine = RequestEngine(
-                self.name,
-                self.config.model,
-                client,
-                max_concurrency=self.config.max_concurrency,
-                requests_per_minute=self.config.requests_per_minute,
-                tokens_per_minute=self.config.tokens_per_minute,
-                max_retries=self.config.max_retries,
-            )
+            self._engine = build_engine(self.config, self._client)
         return self._engine
 
     def check_ready(self) -> None:
         """Fail fast (before any work) on a missing key, a dead server or an unserved model."""
         if self._client is None:
-            check_openai_endpoint(f"teacher {self.name!r}", self.config)
+            check_ready(f"teacher {self.name!r}", self.config)
 
     def messages(self, request: TeacherRequest) -> list[dict[str, Any]]:
         """The chat messages of a request: its images as data URLs, then the instruction."""
-        content: list[dict[str, Any]] = [
-            {
-                "type": "image_url",
-                "image_url": {"url": self._encoded.data_url(image, h, self.config)},
-            }
-            for image, h in zip(request.images, request.image_hashes, strict=True)
-        ]
-        content.append({"type": "text", "text": request.prompt})
-        return [{"role": "user", "content": content}]
+        return user_message(
+            request.images, request.image_hashes, request.prompt, self.config, self._encoded
+        )
 
     def request_parameters(self, request: TeacherRequest) -> dict[str, Any]:
         """Sampling parameters and, for attributes, the strict JSON schema."""
@@ -408,65 +417,6 @@ class OpenAITeacher(Teacher):
         """Close the HTTP client."""
         if self._engine is not None and self._client is None:
             await self._engine.client.close()
-
-
-class EncodedImages:
-    """Data URLs by (pixel hash, size, format, JPEG quality), shared by a process's teachers.
-
-    Each image is encoded once per size it is sent at; the oldest entries go first once
-    the cache holds max_bytes (items flow through once, so a small cache is enough).
-    """
-
-    def __init__(self, max_bytes: int = 256_000_000) -> None:
-        self._cache: dict[tuple[str, tuple[int, int], str, int], str] = {}
-        self._bytes = 0
-        self._max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self.encoded = 0
-
-    def data_url(self, image: Image.Image, image_hash: str, config: TeacherConfig) -> str:
-        """The data URL of an image as a teacher config sends it (JPEG or lossless PNG)."""
-        key = (image_hash, image.size, config.image_format, config.jpeg_quality)
-        with self._lock:
-            url = self._cache.get(key)
-        if url is not None:
-            return url
-        import base64
-
-        from toolkit.images import encode_jpeg, encode_png
-
-        if config.image_format == "png":
-            url = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
-        else:
-            data = encode_jpeg(image, config.jpeg_quality)
-            url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-        with self._lock:
-            self.encoded += 1
-            self._cache[key] = url
-            self._bytes += len(url)
-            while self._bytes > self._max_bytes and len(self._cache) > 1:
-                oldest = next(iter(self._cache))
-                self._bytes -= len(self._cache.pop(oldest))
-        return url
-
-
-ENCODED_IMAGES = EncodedImages()
-
-
-def check_openai_endpoint(what: str, config: TeacherConfig) -> None:
-    """The key variable is set, the server answers and it serves config.model (CroptuneError)."""
-    from teacher_labeling.engine import check_endpoint, resolve_api_key
-
-    key = resolve_api_key(config.name, config.api_key_env, config.base_url)
-    check_endpoint(
-        what,
-        config.base_url,
-        config.model,
-        key,
-        timeout_s=min(config.timeout_s, 30.0),
-        wait_s=config.startup_wait_s,
-        key_env=config.api_key_env,
-    )
 
 
 def build_teacher(config: TeacherConfig, schema: AttributeSchema) -> Teacher:

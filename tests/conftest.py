@@ -44,7 +44,7 @@ _environment_restored = pytest.fixture(autouse=True)(_restoring_environment)
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real-architecture Gemma 3 student built offline once per test session."""
-    from finetune.students import build_tiny_gemma3
+    from finetune.students.tiny_gemma3 import build_tiny_gemma3
 
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3"), seed=0)
 

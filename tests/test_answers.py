@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from finetune.infer import REPEAT_MIN_SPAN, runaway_repetition
 from toolkit.answers import (
     MAX_ANSWER_CHARS,
     MAX_JSON_DEPTH,
@@ -15,6 +14,7 @@ from toolkit.answers import (
     extract_json,
     json_depth,
 )
+from toolkit.generation import REPEAT_MIN_SPAN, runaway_repetition
 
 NESTED = '{"attributes":' * 5000 + '"x"' + "}" * 5000
 
@@ -132,8 +132,8 @@ def test_a_random_student_is_stopped_when_it_loops():
     ],
 )
 def test_the_stopping_tail_decides_as_the_whole_row_does(tokens):
-    """_RepetitionStop scans only the last REPEAT_WINDOW tokens; the verdict is the same."""
-    from finetune.infer import REPEAT_WINDOW
+    """RepetitionStop scans only the last REPEAT_WINDOW tokens; the verdict is the same."""
+    from toolkit.generation import REPEAT_WINDOW
 
     whole = runaway_repetition(tokens) is not None
     assert (runaway_repetition(tokens[-REPEAT_WINDOW:]) is not None) == whole

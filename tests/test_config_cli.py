@@ -90,7 +90,7 @@ def test_every_stage_has_a_config():
         ("detector", ["model  (name or path; default yolo11n.yaml)"]),
         # two configs: the endpoint YAML and the judge's
         ("evaluate", ["EndpointConfig (teacher_labeling.endpoint)", "JudgeConfig (",
-                      "endpoint.model  (name or path; default reference)"]),
+                      "endpoint.model  (str; required)"]),
         ("predict", ["EndpointConfig (", "TeacherConfig (", "coords  ("]),
     ],
 )  # fmt: skip

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune.students import LORA_TARGETS, list_presets, load_preset
-from finetune.train import VLLM_MAX_LORA_RANKS, load_train_config, lora_target_of
+from finetune.students import load_preset
+from finetune.students.lora import LORA_TARGETS
+from finetune.students.presets import list_presets
+from finetune.train import load_train_config
+from finetune.train.config import VLLM_MAX_LORA_RANKS, lora_target_of
 from teacher_labeling.teachers import load_label_config
 from toolkit.config import load_stage_config
 from toolkit.crops import CropConfig

@@ -109,8 +109,8 @@ def test_budget_keeps_main_photo_then_crops_then_photos(store, tmp_path):
         Box(3, 70, 100, 110, 140, "d"),
     ]
     _add_item(store, "I", photos, boxes)
-    config = CropConfig(**EXACT, max_images_per_item=3)
-    summary = crop_run(store, config)
+    config = CropConfig(**EXACT)
+    summary = crop_run(store, config, image_budget=3)  # the dataset's budget, for the summary
     crops = store.crops("I", config.config_hash())
     assert [c.image for c in crops] == [1, 2, 3]
     assert summary.duplicates == 0
@@ -123,8 +123,8 @@ def test_budget_keeps_main_photo_then_crops_then_photos(store, tmp_path):
     for image, pixels in zip(images, expected, strict=True):
         assert np.array_equal(np.asarray(image), pixels)
     # A larger budget: every crop, then the other photos in catalog order.
-    big = CropConfig(**EXACT, max_images_per_item=9)
-    summary = crop_run(store, big)
+    summary = crop_run(store, config, image_budget=9)
+    assert summary.made == 0  # the budget is no crop setting: nothing is cut again
     assert summary.images_after == [7] and summary.uncovered == 0 and summary.cut_by_budget == 0
 
 

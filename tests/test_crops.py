@@ -7,19 +7,17 @@ import pytest
 from PIL import Image
 
 from toolkit.boxes import Box
-from toolkit.crops import (
-    CropConfig,
-    budgeted_order,
+from toolkit.crops import CropConfig
+from toolkit.crops.geometry import (
     cluster_boxes,
-    crop_region,
     enclosing_square,
     expand_box,
-    mark_duplicates,
     merge_boxes,
     merge_groups,
-    plan_crops,
-    select_images,
 )
+from toolkit.crops.pixels import crop_region
+from toolkit.crops.plan import plan_crops
+from toolkit.crops.selection import budgeted_order, mark_duplicates, select_images
 from toolkit.store import CropRow
 
 
@@ -419,3 +417,39 @@ def test_config_hash_covers_the_new_settings():
     for change in ({"strategy": "clustered"}, {"overflow": "image"}, {"phash_threshold": 3},
                    {"merge_iou": 0.5}, {"max_cluster_fraction": 0.3}):  # fmt: skip
         assert CropConfig(**change).config_hash() != base
+
+
+def test_the_image_budget_is_no_crop_setting():
+    """The budget is the dataset config's: it never changes the hash crops are stored under."""
+    from toolkit.dataset import DatasetConfig
+
+    assert "max_images_per_item" not in CropConfig.model_fields
+    assert "max_images_per_item" in DatasetConfig.model_fields
+    # A crop config recorded before the move (run store, dataset, bundle) still reads, and
+    # whatever budget it recorded, its hash is the one its crops were stored under.
+    saved = CropConfig().model_dump(mode="json")
+    three = CropConfig.from_saved({**saved, "max_images_per_item": 3})
+    nine = CropConfig.from_saved({**saved, "max_images_per_item": 9})
+    assert three == nine == CropConfig()
+    assert three.config_hash() == nine.config_hash() == CropConfig().config_hash()
+    # The default config's hash is the one croptune recorded before the move: existing runs'
+    # crops are found, not cut again.
+    assert CropConfig().config_hash() == "535dd63c1cdb"
+    assert CropConfig(strategy="clustered").config_hash() == "537771b30807"
+
+
+@pytest.mark.parametrize("where", ["yaml", "override"])
+def test_the_old_budget_key_says_where_it_went(where, tmp_path):
+    from toolkit.config import load_stage_config
+    from toolkit.errors import CroptuneError
+
+    path, overrides = None, []
+    if where == "yaml":
+        path = tmp_path / "crop.yaml"
+        path.write_text("strategy: clustered\nmax_images_per_item: 4\n")
+    else:
+        overrides = ["max_images_per_item=4"]
+    with pytest.raises(CroptuneError, match="max_images_per_item") as caught:
+        load_stage_config(CropConfig, path, overrides, stage="crop")
+    assert "moved to the dataset config" in str(caught.value)
+    assert "dataset.yaml" in str(caught.value)

@@ -55,7 +55,7 @@ def test_shared_photo_groups_are_reported_largest_first():
 
 def _stock_photo_catalog(folder: Path, n: int, pairs: bool) -> Path:
     """The example catalog with a stock photo on every listing (pairs: one per pair of them)."""
-    from toolkit.synthetic import make_example_catalog
+    from croptune.synthetic.catalog import make_example_catalog
 
     catalog = make_example_catalog(folder, n_items=n, seed=5)
     lines = [json.loads(line) for line in catalog.read_text().splitlines()]

@@ -275,8 +275,8 @@ def trained(tmp_path_factory):
 
     from croptune.cli import app
     from croptune.pipeline import run_label
+    from croptune.synthetic.catalog import make_example_catalog
     from teacher_labeling.teachers import LabelConfig, TeacherConfig
-    from toolkit.synthetic import make_example_catalog
 
     work = tmp_path_factory.mktemp("detector")
     catalog = make_example_catalog(work / "catalog", n_items=6, seed=0)

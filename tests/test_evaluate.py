@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from croptune.pipeline import model_backend, run_evaluate
+from croptune.pipeline import open_model, run_evaluate
 from finetune.evaluate import latency_stats
 from tests.fake_openai import ChatRequest, FailThen, FakeOpenAI, Reply, mean_rgb
 from toolkit.errors import CroptuneError
@@ -541,7 +541,7 @@ def test_model_values_resolve_to_backends(tmp_path, layout, expected):
     for name, text in layout.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
-    backend = model_backend(str(root))
+    backend = open_model(str(root))
     model, adapter = (None if e is None else e.format(root=root) for e in expected)
     assert backend.kind == "transformers" and backend.name == str(root)
     assert (backend.model, None if backend.adapter is None else str(backend.adapter)) == (

@@ -18,7 +18,9 @@ import yaml
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from finetune.export import LintProblem, base_model_id, export_bundle, lint_adapter
+from finetune.export.lint import LintProblem, lint_adapter
+from finetune.export.manifest import base_model_id
+from finetune.export.writer import export_bundle
 from tests.fake_openai import FakeOpenAI, FixedAnswer
 from toolkit.errors import CroptuneError
 
@@ -300,7 +302,7 @@ def test_bundle_layout_and_manifest(bundle, dataset_dir):
         "adapter", "merged", "base", "croptune.yaml", "README.md"
     }  # fmt: skip
     # No hub has the tiny base: the bundle carries it, with the names vLLM loads.
-    from finetune.students import checkpoint_name_problems
+    from finetune.students.checkpoints import checkpoint_name_problems
 
     assert (bundle / "base" / "model.safetensors").is_file()
     assert checkpoint_name_problems(bundle / "base") == []
@@ -413,7 +415,8 @@ def _text_of(path: Path) -> str:
 
 @pytest.mark.slow  # the bundle fixture: `croptune export --merge`, ~15 s
 def test_bundle_holds_no_secret_and_no_local_path(bundle, adapter, dataset_dir):
-    from finetune.students import default_cache_dir, resolve_student
+    from finetune.students import resolve_student
+    from finetune.students.tiny import default_cache_dir
 
     forbidden = {
         **{value: name for name, value in SECRETS.items()},
@@ -569,7 +572,8 @@ def _python_block(markdown: str, containing: str) -> str:
 def test_serving_doc_crops_and_client_send_training_images(bundle, monkeypatch):
     """docs/serving.md's item_images() + extract(): crops, de-duplication, budget, order."""
     from toolkit.boxes import Box
-    from toolkit.crops import CropConfig, plan_crops
+    from toolkit.crops import CropConfig
+    from toolkit.crops.plan import plan_crops
 
     doc = (Path(__file__).parent.parent / "docs" / "serving.md").read_text()
     monkeypatch.chdir(bundle.parent)  # the doc reads bundle/croptune.yaml

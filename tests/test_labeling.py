@@ -108,6 +108,31 @@ def test_second_run_asks_nothing_and_failures_are_retried(tmp_path):
         assert pending_requests(store, [teacher]).per_teacher == {"ref": 1}
 
 
+@pytest.mark.parametrize("order", [("A", "B"), ("B", "A")])
+def test_a_photo_two_listings_share_gets_each_listings_reference_boxes(tmp_path, order):
+    # The reference teacher answers from the item's own labels: the shared photo's question
+    # differs per listing, so neither listing is given the other's boxes, in either order.
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (96, 64), (10, 120, 200)).save(tmp_path / "img" / "shared.png")
+    own = {"A": [[2, 2, 20, 20]], "B": [[2, 2, 20, 20], [40, 30, 90, 60]]}
+    lines = [
+        json.dumps({"item_id": item_id, "images": ["img/shared.png"], "attributes": ATTRS,
+                    "boxes": [{"image": 0, "xyxy": xyxy, "label": "x"} for xyxy in own[item_id]]})
+        for item_id in order
+    ]  # fmt: skip
+    (tmp_path / "catalog.jsonl").write_text("\n".join(lines) + "\n")
+    with RunStore(tmp_path / "run") as store:
+        ingest_catalog(load_catalog(tmp_path / "catalog.jsonl"), store)
+        teacher = _teacher()
+        label_items(store, [teacher])
+        stored = {i: [list(b.xyxy) for _, b in store.boxes(i)] for i in ("A", "B")}
+        # asked once per listing and question: identical attributes still share an answer
+        assert sorted(teacher.asked, key=str) == sorted(
+            [("A", 0), ("B", 0), (order[0], None)], key=str
+        )
+    assert stored == {i: [pytest.approx(b, abs=0.05) for b in own[i]] for i in own}
+
+
 def test_changed_image_is_not_labeled_with_stale_hash(tmp_path):
     catalog = _catalog(tmp_path, [("A", [(64, 64)], ATTRS, [])])
     with RunStore(tmp_path / "run") as store:
@@ -116,6 +141,21 @@ def test_changed_image_is_not_labeled_with_stale_hash(tmp_path):
         summary = label_items(store, [_teacher()])
     assert summary.asked == 0
     assert "changed since ingest" in summary.errors[0]
+    # the photo is named once: the error's type, not its words, says which kind it is
+    assert summary.errors[0].count("image 0") == 1, summary.errors[0]
+
+
+def test_a_changed_photo_is_its_own_error_type(tmp_path):
+    from toolkit.catalog import load_ingested_image
+    from toolkit.images import ImageChangedError
+
+    catalog = _catalog(tmp_path, [("A", [(64, 64)], ATTRS, [])])
+    with RunStore(tmp_path / "run") as store:
+        ingest_catalog(catalog, store)
+        Image.new("RGB", (64, 64), "red").save(tmp_path / "img" / "A_0.png")
+        (row,) = store.images("A")
+    with pytest.raises(ImageChangedError, match="^changed since ingest"):
+        load_ingested_image(row)
 
 
 def test_reference_teacher_without_attributes_raises_teacher_error(tmp_path):
@@ -132,7 +172,12 @@ def test_reference_teacher_without_attributes_raises_teacher_error(tmp_path):
 def test_cache_key_depends_on_model_prompt_images_and_parameters():
     schema = load_schema()
     base = TeacherConfig(name="a", role="attributes", kind="reference", model="m1")
-    item = type("Item", (), {"item_id": "A", "title": "t", "text": None})()
+    item = type(
+        "Item",
+        (),
+        {"item_id": "A", "title": "t", "text": None, "reference_attributes": None,
+         "reference_boxes": []},
+    )()  # fmt: skip
     key = ReferenceTeacher(base, schema).attributes_request(item, [], ["h1"]).cache_key
     same = ReferenceTeacher(base.model_copy(update={"name": "b"}), schema)
     assert same.attributes_request(item, [], ["h1"]).cache_key == key  # the name is not asked

@@ -28,7 +28,7 @@ MAX_TOKENS = 16
 
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from finetune.students import build_tiny_qwen25vl
+    from finetune.students.tiny_qwen import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"), seed=0)
 

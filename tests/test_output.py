@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from croptune.synthetic.catalog import make_example_catalog
 from toolkit.progress import ProgressBar, use_bars
-from toolkit.synthetic import make_example_catalog
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
 REPO = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from toolkit.crops import crop_region
+from croptune.synthetic.catalog import make_example_catalog
+from toolkit.crops.pixels import crop_region
 from toolkit.images import load_image
 from toolkit.store import RunStore
-from toolkit.synthetic import make_example_catalog
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
 EXAMPLES = Path(__file__).parent.parent / "toolkit" / "configs"  # the starter configs

@@ -139,15 +139,15 @@ def trained_run(tmp_path_factory):
     """The example catalog labeled by the reference teacher, cropped and built into a dataset:
     what `croptune label`, `crop` and `dataset build` make."""
     from croptune.pipeline import run_crop, run_dataset, run_label
+    from croptune.synthetic.catalog import make_example_catalog
     from teacher_labeling.teachers import LabelConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.synthetic import make_example_catalog
 
     work = tmp_path_factory.mktemp("trained-run")
     catalog = make_example_catalog(work / "catalog", n_items=6, seed=3)
     teacher = TeacherConfig(name="reference", role="both", kind="reference", coords="pixels")
     run_label(catalog, LabelConfig(teachers=[teacher]), work / "run")
-    crop = CropConfig(max_images_per_item=4)
+    crop = CropConfig()
     run_crop(work / "run", crop)
     run_dataset(work / "run", work / "dataset", DatasetConfig(max_images_per_item=4))
     return {"work": work, "catalog": catalog, "crop": crop}
@@ -613,12 +613,12 @@ def test_end_to_end_label_crop_detector_dataset_train_export_predict(tmp_path, m
     """label (reference) -> crop -> detector -> dataset -> train -> export --detector -> predict."""
     from croptune import cli
     from croptune.pipeline import run_crop, run_dataset, run_label
+    from croptune.synthetic.catalog import make_example_catalog
     from finetune.detector import DetectorConfig, train_detector
-    from finetune.export import export_bundle
+    from finetune.export.writer import export_bundle
     from finetune.train import TrainConfig, train
     from teacher_labeling.teachers import LabelConfig
     from toolkit.dataset import DatasetConfig
-    from toolkit.synthetic import make_example_catalog
 
     catalog = make_example_catalog(tmp_path / "catalog", n_items=6, seed=1)
     teacher = TeacherConfig(name="reference", role="both", kind="reference", coords="pixels")

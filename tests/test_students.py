@@ -8,12 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from finetune.students import (
-    StudentPreset,
-    list_presets,
-    load_preset,
-    resolve_student,
-)
+from finetune.students import load_preset, resolve_student
+from finetune.students.presets import StudentPreset, list_presets
 from toolkit.errors import CroptuneError
 
 ANSWER = (
@@ -57,7 +53,7 @@ def test_tiny_student_reloads_offline(tiny_student, processor):
 def test_tiny_build_is_seeded(tiny_student, tmp_path):
     from safetensors.torch import load_file
 
-    from finetune.students import build_tiny_gemma3
+    from finetune.students.tiny_gemma3 import build_tiny_gemma3
 
     again = load_file(build_tiny_gemma3(tmp_path / "again", seed=0) / "model.safetensors")
     first = load_file(tiny_student / "model.safetensors")
@@ -118,7 +114,8 @@ def test_example_row_survives_arrow(tmp_path):
 
 def test_trl_collator_labels_exactly_the_answer(tiny_student, processor, tmp_path):
     """The loss must cover the answer and its end of turn, never the prompt or image tokens."""
-    from finetune.train import TrainConfig, build_trainer
+    from finetune.train import TrainConfig
+    from finetune.train.trainer import build_trainer
     from toolkit.dataset import example_row
 
     row = example_row(_images(3), PROMPT, ANSWER)
@@ -223,7 +220,7 @@ def test_resolve_student_builds_once_and_rebuilds_half_built(tmp_path):
 def test_tiny_builds_name_their_weights_as_published_checkpoints(name):
     from safetensors import safe_open
 
-    from finetune.students import checkpoint_name_problems
+    from finetune.students.checkpoints import checkpoint_name_problems
 
     folder = Path(resolve_student(name))
     assert checkpoint_name_problems(folder) == []
@@ -257,7 +254,7 @@ def test_restore_checkpoint_names_renames_once_and_transformers_loads_the_same_w
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForImageTextToText
 
-    from finetune.students import checkpoint_name_problems, restore_checkpoint_names
+    from finetune.students.checkpoints import checkpoint_name_problems, restore_checkpoint_names
 
     # A folder as transformers 5 writes a config-built Gemma 3: vision weights bare.
     folder = tmp_path / "bare"

@@ -13,14 +13,9 @@ from PIL import Image
 from pydantic import ValidationError
 from transformers import TrainerCallback
 
-from finetune.students import (
-    LORA_TARGETS,
-    QWEN_PIXELS_PER_TOKEN,
-    StudentPreset,
-    load_preset,
-    lora_targets,
-    resolve_student,
-)
+from finetune.students import load_preset, resolve_student
+from finetune.students.lora import LORA_TARGETS, lora_targets
+from finetune.students.presets import QWEN_PIXELS_PER_TOKEN, StudentPreset
 from finetune.train import TrainConfig, load_train_config
 from toolkit.errors import CroptuneError
 
@@ -180,7 +175,7 @@ def test_image_tokens_follow_the_area(qwen_processor, size, tokens):
 
 def test_trl_collator_labels_exactly_the_answer(qwen_processor, tmp_path):
     """The loss covers the answer and its end of turn, never the prompt or image tokens."""
-    from finetune.train import build_trainer
+    from finetune.train.trainer import build_trainer
 
     row = _row(_images(3), ANSWER, "A1")
     dataset = _save(tmp_path / "ds", {"train": [row]})
@@ -402,7 +397,7 @@ def _lora_parts(model) -> dict[str, int]:
 def test_adapt_puts_lora_where_asked(
     student, adapt, dropout, expected, dataset_dir, tmp_path, caplog
 ):
-    from finetune.train import build_trainer
+    from finetune.train.trainer import build_trainer
 
     config = TrainConfig(
         student=student, dataset=dataset_dir, output_dir=tmp_path, adapt=adapt, lora_dropout=dropout
@@ -415,7 +410,7 @@ def test_adapt_puts_lora_where_asked(
 
 
 def test_gemma_projector_lora_needs_no_dropout(dataset_dir, tmp_path):
-    from finetune.train import build_trainer
+    from finetune.train.trainer import build_trainer
 
     config = TrainConfig(
         student="tiny", dataset=dataset_dir, output_dir=tmp_path, adapt="language+projector"
@@ -439,7 +434,7 @@ def test_bad_adapt_is_a_user_error(overrides, message):
 
 
 def test_explicit_lora_target_overrides_adapt():
-    from finetune.train import lora_target_of
+    from finetune.train.config import lora_target_of
 
     config = load_train_config(None, ["dataset=d", "output_dir=o", "lora_target=[q_proj]"])
     assert lora_target_of(config, "qwen2_5_vl") == (["q_proj"], [])

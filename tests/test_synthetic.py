@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from croptune.synthetic.catalog import ean13_check_digit, ean13_modules, make_example_catalog
+from croptune.synthetic.drawing import ORIENTATION_TAG
+from croptune.synthetic.drawing import save_jpeg as _save_jpeg
 from toolkit.schema import load_schema
-from toolkit.synthetic import (
-    ORIENTATION_TAG,
-    _save_jpeg,
-    ean13_check_digit,
-    ean13_modules,
-    make_example_catalog,
-)
 
 LABELS = {"barcode", "model_number", "certification_mark", "warning", "country_of_origin", "brand"}
 

@@ -1,4 +1,4 @@
-"""Tests of the certification-mark catalog (toolkit.synthetic marks mode, the crop ablation's data)."""
+"""Tests of the certification-mark catalog (croptune.synthetic.marks, the crop ablation's data)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from toolkit.catalog import load_catalog
-from toolkit.schema import load_schema
-from toolkit.synthetic import (
+from croptune.synthetic.drawing import ORIENTATION_TAG
+from croptune.synthetic.marks import (
     _MARK_STYLE,
     _MARKS_PALETTE,
     MARK_CLASSES,
     MARK_LABEL,
     MARKS_PHOTO_SIDE,
-    ORIENTATION_TAG,
     make_marks_catalog,
     marks_scene,
     marks_sticker,
     render_marks_photo,
 )
+from toolkit.catalog import load_catalog
+from toolkit.schema import load_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 WHITE = 236  # every channel at least this: sticker paper (nothing else is drawn this light)

@@ -10,10 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune.students import TINY_SCRATCH_MODEL, load_preset, resolve_student
+from croptune.synthetic.marks import _MARK_STYLE, MARK_CLASSES, make_marks_catalog
+from finetune.students import load_preset, resolve_student
+from finetune.students.tiny import TINY_SCRATCH_MODEL
+from finetune.students.vocab import SCRATCH_WHOLE_WORDS
 from finetune.train import TrainConfig, load_train_config, train
 from toolkit.errors import CroptuneError
-from toolkit.synthetic import MARK_CLASSES
 
 PROMPT = "Which mark is on the label? Answer with one JSON object."
 
@@ -114,6 +116,25 @@ def test_scratch_student_has_the_documented_sizes(scratch):
         assert tokenizer.decode(ids) == answer
 
 
+def test_the_marks_drawn_are_exactly_the_scratch_whole_words(scratch, tmp_path):
+    # The student owns its vocabulary; the marks generator draws from it, never the reverse.
+    assert MARK_CLASSES == SCRATCH_WHOLE_WORDS
+    assert set(_MARK_STYLE) == set(SCRATCH_WHOLE_WORDS)  # every whole word has a drawing
+    catalog = make_marks_catalog(tmp_path / "marks", n_items=24, seed=0)
+    drawn = {
+        mark
+        for line in catalog.read_text(encoding="utf-8").splitlines()
+        for mark in json.loads(line)["attributes"]["regulatory_safety"]["certification_marks"]
+    }
+    assert drawn == set(SCRATCH_WHOLE_WORDS)
+    from transformers import AutoProcessor
+
+    tokenizer = AutoProcessor.from_pretrained(scratch).tokenizer
+    for word in SCRATCH_WHOLE_WORDS:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        assert tokenizer.convert_ids_to_tokens(ids) == [word], word  # a single token
+
+
 def test_scratch_build_is_cached_apart_from_tiny(scratch):
     assert resolve_student(TINY_SCRATCH_MODEL) == str(scratch)
     assert "tiny-scratch" in scratch.name
@@ -135,7 +156,7 @@ def test_full_tuning_changes_every_weight_and_saves_a_model(scratch, full_run):
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert unchanged == []
     # Saved with the weight names vLLM loads, like the base it started from.
-    from finetune.students import checkpoint_name_problems
+    from finetune.students.checkpoints import checkpoint_name_problems
 
     assert checkpoint_name_problems(result.adapter_dir) == []
     assert any(name.startswith("vision_tower.vision_model.") for name in after)
@@ -154,7 +175,8 @@ def test_full_model_loads_and_answers_like_evaluate_does(full_run, marks_dataset
 
 
 def test_export_refuses_a_full_model_clearly(full_run):
-    from finetune.export import export_bundle, lint_adapter
+    from finetune.export.lint import lint_adapter
+    from finetune.export.writer import export_bundle
 
     result, out = full_run
     with pytest.raises(CroptuneError, match="whole model.*not a LoRA adapter.*croptune evaluate"):

@@ -13,12 +13,8 @@ import pytest
 from PIL import Image
 from transformers import TrainerCallback
 
-from finetune.train import (
-    LANGUAGE_MODEL_LORA_TARGET,
-    VLLM_MAX_LORA_RANKS,
-    TrainConfig,
-    load_train_config,
-)
+from finetune.train import TrainConfig, load_train_config
+from finetune.train.config import LANGUAGE_MODEL_LORA_TARGET, VLLM_MAX_LORA_RANKS
 from toolkit.errors import CroptuneError
 
 PROMPT = "Read the printed text on the photos. Answer with one JSON object."

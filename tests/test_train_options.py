@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from finetune.train import TrainConfig, check_trackers, resolve_checkpoint, train
+from finetune.train import TrainConfig, train
+from finetune.train.arguments import check_trackers, resolve_checkpoint
 from toolkit.errors import CroptuneError
 
 PROMPT = "Which colour is the large patch? Answer with one JSON object."
@@ -219,7 +220,7 @@ def test_the_tiny_student_learns_a_learnable_toy(tiny_student, toy_dataset, tmp_
 def test_qlora_trains_lora_on_a_4bit_base(tiny_student, toy_dataset, tmp_path):
     import bitsandbytes as bnb
 
-    from finetune.train import build_trainer
+    from finetune.train.trainer import build_trainer
 
     config = _config(tiny_student, toy_dataset, tmp_path / "qlora", max_steps=3, qlora=True)
     trainer, facts = build_trainer(config)
@@ -255,7 +256,7 @@ def _wide_example(index: int) -> dict:
 
 @pytest.mark.slow
 def test_pan_and_scan_adds_image_crops_and_keeps_the_answer_mask(tiny_student, tmp_path):
-    from finetune.train import build_trainer
+    from finetune.train.trainer import build_trainer
 
     dataset = _save({"train": [_wide_example(i) for i in range(4)]}, tmp_path / "wide")
     plain, _ = build_trainer(_config(tiny_student, dataset, tmp_path / "a"))
@@ -289,7 +290,7 @@ def test_pan_and_scan_adds_image_crops_and_keeps_the_answer_mask(tiny_student, t
 def test_image_options_for_the_wrong_family_are_refused(
     tiny_student, toy_dataset, tmp_path, changes, message
 ):
-    from finetune.train import build_trainer
+    from finetune.train.trainer import build_trainer
 
     with pytest.raises(CroptuneError, match=message):
         build_trainer(_config(tiny_student, toy_dataset, tmp_path, **changes))

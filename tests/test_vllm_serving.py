@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from finetune.students import LORA_TARGETS
+from finetune.students.lora import LORA_TARGETS
 from tests.vllm_server import VLLMServer, split_command
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -178,7 +178,7 @@ def max_difference(vllm: dict[int, float], hf: Any) -> float:
 def test_card_command_serves_base_and_adapter(server, client):
     import urllib.request
 
-    from finetune.export import VLLM_CHECKED
+    from finetune.export.lint import VLLM_CHECKED
 
     served = {model.id for model in client.models.list()}
     # The base under the manifest's name (a zero-shot baseline on the same server), the LoRA.
@@ -553,7 +553,7 @@ VISION = LORA_TARGETS["gemma3"]["vision"].modules
 def test_lint_says_what_vllm_does(
     demo, server, client, hf, make_adapter, case, changes, rule, vllm_says
 ):
-    from finetune.export import lint_adapter, max_lora_rank
+    from finetune.export.lint import lint_adapter, max_lora_rank
 
     adapter = make_adapter(case, **changes)
     problems = lint_adapter(adapter)

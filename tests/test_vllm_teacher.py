@@ -30,7 +30,8 @@ CHAT_LINE = '"POST /v1/chat/completions HTTP/1.1"'
 @pytest.fixture(scope="module")
 def qwen_server(vllm_sandbox: Path) -> Any:
     """vLLM serving the tiny Qwen2.5-VL (its processor: 56x56..112x112 pixels per image)."""
-    from finetune.students import TINY_QWEN_MODEL, resolve_student
+    from finetune.students import resolve_student
+    from finetune.students.tiny import TINY_QWEN_MODEL
 
     folder = resolve_student(TINY_QWEN_MODEL)
     args = [
@@ -108,8 +109,8 @@ def chat_requests_in_log(server: VLLMServer, since: int) -> int:
 
 
 def test_killed_server_loses_no_finished_answer_and_asks_none_twice(qwen_server, tmp_path):
+    from croptune.synthetic.catalog import make_example_catalog
     from toolkit.store import RunStore
-    from toolkit.synthetic import make_example_catalog
 
     catalog = make_example_catalog(tmp_path / "catalog", n_items=6, seed=3)
     config = tmp_path / "label.yaml"
@@ -173,7 +174,7 @@ def test_down_server_fails_at_once_naming_the_url(tmp_path):
     from tests.vllm_server import free_port
 
     catalog_dir = tmp_path / "catalog"
-    from toolkit.synthetic import make_example_catalog
+    from croptune.synthetic.catalog import make_example_catalog
 
     catalog = make_example_catalog(catalog_dir, n_items=2, seed=1)
     url = f"http://127.0.0.1:{free_port()}/v1"
@@ -193,7 +194,7 @@ def teacher_stub(url: str) -> dict[str, Any]:
 
 
 def test_unserved_model_names_what_the_server_serves(qwen_server, tmp_path):
-    from toolkit.synthetic import make_example_catalog
+    from croptune.synthetic.catalog import make_example_catalog
 
     catalog = make_example_catalog(tmp_path / "catalog", n_items=2, seed=1)
     config = tmp_path / "label.yaml"
@@ -244,7 +245,7 @@ def test_strict_json_schema_response_format_is_accepted(qwen_server, tmp_path):
 
 
 def test_label_with_both_teachers_through_vllm(qwen_server, tmp_path):
-    from toolkit.synthetic import make_example_catalog
+    from croptune.synthetic.catalog import make_example_catalog
 
     catalog = make_example_catalog(tmp_path / "catalog", n_items=2, seed=2)
     config = tmp_path / "label.yaml"

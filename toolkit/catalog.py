@@ -27,6 +27,7 @@ from toolkit.boxes import (
 from toolkit.errors import CroptuneError
 from toolkit.images import (
     DEFAULT_MAX_PIXELS,
+    ImageChangedError,
     ImageLoadError,
     decode_image,
     file_stat,
@@ -739,7 +740,5 @@ def load_ingested_image(row: ImageRow) -> Image.Image:
         return decode_image(read_image_bytes(row.uri))
     loaded = load_image(row.uri)
     if loaded.sha256 != row.sha256:
-        raise ImageLoadError(
-            f"image {row.index} changed since ingest; run `croptune label` again to re-ingest"
-        )
+        raise ImageChangedError("changed since ingest; run `croptune label` again to re-ingest")
     return loaded.image

@@ -199,7 +199,10 @@ def _all_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def _suggestion(cls: type[BaseModel], key: str, prefix: str) -> str:
-    """' (did you mean ...?)' for a misspelt key, or ''."""
+    """' (did you mean ...?)' for a misspelt key, ' (where it went)' for a moved one, or ''."""
+    moved: dict[str, str] = getattr(cls, "moved_keys", {})
+    if key in moved:
+        return f" ({moved[key]})"
     names = list(_fields(cls))
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if close:

@@ -15,7 +15,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit.catalog import load_ingested_image
-from toolkit.crops import select_images
+from toolkit.crops.config import CropConfig
+from toolkit.crops.selection import DEFAULT_IMAGE_BUDGET, select_images
 from toolkit.errors import CroptuneError
 from toolkit.images import ImageLoadError, load_image
 from toolkit.schema import AttributeSchema, extraction_prompt, listing_text
@@ -40,9 +41,17 @@ class DatasetConfig(BaseModel):
     )
     validation_ratio: float = Field(0.1, ge=0, lt=1, description="Share of items for validation")
     test_ratio: float = Field(0.2, ge=0, lt=1, description="Share of items held out for testing")
-    seed: int = Field(0, description="Seed of the item-id hash that assigns splits")
+    seed: int = Field(
+        0,
+        description="Seed of the item-id hash that assigns splits. The first stage that splits "
+        "a run records its split in the run store; later builds reuse it (a differing "
+        "seed or ratio is warned about) unless --resplit",
+    )
     max_images_per_item: int = Field(
-        9, ge=1, description="Image budget per example (the paper's maximum is 9)"
+        DEFAULT_IMAGE_BUDGET,
+        ge=1,
+        description="Image budget per example (the paper's maximum is 9), the only one: "
+        "the main photo, then the crops, then the other photos, after pHash de-duplication",
     )
     max_image_side: int = Field(
         1024,
@@ -69,6 +78,7 @@ class DatasetSummary:
     image_tokens: int = 256
     # Items that share a photo with another item, grouped (each group stays in one split).
     shared_photo_groups: list[list[str]] = field(default_factory=list)
+    split: ItemSplit | None = None  # the run's split the examples follow
 
     def shared_photos(self) -> dict[str, Any]:
         """How many items were grouped by shared photos, in how many groups, the largest."""
@@ -230,6 +240,142 @@ def run_splits(
     return splits
 
 
+@dataclass
+class ItemSplit:
+    """The run's one item split: item_id -> split, the settings that made it, where it came from.
+
+    status: "new" (computed now; record() writes it), "recorded" (read from the run store,
+    items ingested since then added by the recorded settings) or "resplit" (computed now
+    with the asked settings; record() replaces the recorded split).
+    """
+
+    splits: dict[str, str]
+    settings: dict[str, Any]  # the settings that made `splits` (the recorded ones if reused)
+    asked: dict[str, Any]  # the settings the caller gave
+    status: Literal["new", "recorded", "resplit"]
+    unrecorded: dict[str, str] = field(default_factory=dict)  # what record() adds
+
+    @property
+    def reused_other_settings(self) -> bool:
+        """Whether a recorded split made by other settings than the asked ones is in use."""
+        return self.status == "recorded" and self.settings != self.asked
+
+    def describe(self) -> str:
+        """One line: the settings that made the split and whether it was recorded before."""
+        where = {
+            "new": "recorded in the run now",
+            "recorded": "recorded in the run before",
+            "resplit": "re-split: replaces the split recorded before",
+        }[self.status]
+        return f"{_settings_text(self.settings)} ({where})"
+
+    def record(self, store: RunStore) -> None:
+        """Write what the run store does not hold yet: a new split, a re-split, added items."""
+        if self.status == "recorded" and not self.unrecorded:
+            return
+        store.record_splits(self.unrecorded, self.settings, replace=self.status != "recorded")
+
+
+def split_settings(validation_ratio: float, test_ratio: float, seed: int) -> dict[str, Any]:
+    """The settings that decide a split, keyed by SPLIT_KEYS (as the run store records them)."""
+    return {"validation_ratio": validation_ratio, "test_ratio": test_ratio, "seed": seed}
+
+
+def item_splits(
+    store: RunStore,
+    validation_ratio: float,
+    test_ratio: float,
+    seed: int = 0,
+    resplit: bool = False,
+) -> ItemSplit:
+    """The run's item split, THE one `dataset build`, the detector and label exports obey.
+
+    The first call splits the run's items (run_splits) with these settings; record() then
+    writes that split into the run store. Every later call returns the recorded split,
+    whatever settings it is given: when they differ from the recorded ones it warns, naming
+    both, and uses the recorded split, so the detector never trains on an item the student
+    is tested on. Items ingested after the split was recorded are added by the recorded
+    settings (an item sharing a photo with recorded items joins their most held-out split).
+    resplit: split again with these settings; record() replaces the recorded split.
+    """
+    asked = split_settings(validation_ratio, test_ratio, seed)
+    recorded = store.recorded_splits()
+    if resplit or not recorded:
+        splits = run_splits(store, validation_ratio, test_ratio, seed)
+        status: Literal["new", "resplit"] = "resplit" if recorded else "new"
+        if recorded and splits != recorded:
+            logger.warning(
+                "re-split the run's items with %s, replacing the split recorded before (%s): "
+                "a detector trained or labels exported from the old split no longer match it",
+                _settings_text(asked),
+                _settings_text(store.split_settings() or {}),
+            )
+        return ItemSplit(splits, asked, asked, status, dict(splits))
+    settings = store.split_settings() or asked
+    current = {item.item_id: split_input(store, item) for item in store.items()}
+    splits = {item_id: split for item_id, split in recorded.items() if item_id in current}
+    added = _extend_splits(splits, current, settings)
+    _warn_split_groups(splits, current)
+    result = ItemSplit(splits, settings, asked, "recorded", added)
+    if result.reused_other_settings:
+        logger.warning(
+            "this run's items were split with %s (recorded in %s); using that split, not %s "
+            "as asked, so that the student, the detector and label exports share one split. "
+            "To split again with the new settings: `croptune dataset build --resplit` (then "
+            "build the datasets and train the detectors of this run again)",
+            _settings_text(settings),
+            store.path,
+            _settings_text(asked),
+        )
+    return result
+
+
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {settings.get(key)}" for key in SPLIT_KEYS)
+
+
+def _extend_splits(
+    splits: dict[str, str], items: dict[str, dict[str, Any]], settings: Mapping[str, Any]
+) -> dict[str, str]:
+    """Split the items not in `splits` (in place), keeping every recorded one; return those."""
+    if len(splits) == len(items):
+        return {}
+    free: dict[str, dict[str, Any]] = {}
+    added: dict[str, str] = {}
+    for members in photo_groups(items):
+        taken = [splits[m] for m in members if m in splits]
+        new = [m for m in members if m not in splits]
+        if not new:
+            continue
+        if not taken:
+            free.update({m: items[m] for m in new})
+            continue
+        held = max(taken, key=SPLITS.index)  # a shared photo goes where it cannot leak
+        added.update({m: held for m in new})
+    if free:
+        added.update(
+            assign_splits(
+                free, settings["validation_ratio"], settings["test_ratio"], settings["seed"]
+            )
+        )
+    splits.update(added)
+    logger.info("added %d item(s) to the split recorded in the run", len(added))
+    return added
+
+
+def _warn_split_groups(splits: dict[str, str], items: dict[str, dict[str, Any]]) -> None:
+    """Warn when items sharing a photo now sit in different recorded splits (re-ingested)."""
+    mixed = [g for g in photo_groups(items) if len({splits[m] for m in g}) > 1]
+    if mixed:
+        logger.warning(
+            "%d group(s) of items that share a photo sit in different splits of the split "
+            "recorded in the run (the catalog changed since), e.g. %s: split again with "
+            "`croptune dataset build --resplit` so that no photo is in two splits",
+            len(mixed),
+            ", ".join(mixed[0][:5]),
+        )
+
+
 def photo_groups(items: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Items joined by shared photos (pixel hashes), each group's ids sorted, in id order."""
     parent = {item_id: item_id for item_id in items}
@@ -273,10 +419,16 @@ def _check_train_left(splits: dict[str, str], summary: DatasetSummary) -> None:
         if shared["items"]
         else f"the catalog has only {len(splits)} items"
     )
+    recorded = (
+        f" (the split recorded in the run, made by {_settings_text(summary.split.settings)}: "
+        "add --resplit to split with the new settings)"
+        if summary.split is not None and summary.split.status == "recorded"
+        else ""
+    )
     raise CroptuneError(
         f"no item is left for train (validation {held['validation']}, test {held['test']}): "
         f"{why}. Remove the photos several listings share (stock images, logos) from the "
-        "catalog, or lower validation_ratio/test_ratio; nothing was written"
+        f"catalog, or lower validation_ratio/test_ratio{recorded}; nothing was written"
     )
 
 
@@ -298,8 +450,13 @@ def build_dataset(
     config: DatasetConfig,
     crop_config_hash: str | None = None,
     progress: bool = False,
+    resplit: bool = False,
 ) -> DatasetSummary:
-    """Write a DatasetDict (train/validation/test) of the run's labeled items to out_dir."""
+    """Write a DatasetDict (train/validation/test) of the run's labeled items to out_dir.
+
+    Items are split by the run's recorded split (item_splits: recorded by the first stage
+    that splits the run, with its settings); resplit: split again with config's settings.
+    """
     from datasets import Dataset, DatasetDict
 
     from toolkit.progress import track
@@ -322,9 +479,14 @@ def build_dataset(
                                     **split_input(store, item)}  # fmt: skip
     if not candidates:
         raise CroptuneError("no item of this run has final attributes; run `croptune label` first")
-    splits = assign_splits(candidates, config.validation_ratio, config.test_ratio, config.seed)
+    split = item_splits(
+        store, config.validation_ratio, config.test_ratio, config.seed, resplit=resplit
+    )
+    summary.split = split
+    splits = {item_id: split.splits[item_id] for item_id in candidates}
     summary.shared_photo_groups = shared_photo_groups(candidates)
     _check_train_left(splits, summary)
+    split.record(store)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for item_id in track(list(candidates), "dataset", progress):
         entry = candidates[item_id]
@@ -367,7 +529,13 @@ def build_dataset(
     facts = {
         "config": config.model_dump(mode="json"),
         "schema": schema.model_dump(mode="json"),
-        "crop_config": json.loads(crop_config) if crop_config else None,
+        # Runs cropped by an older croptune recorded the image budget in it too: dropped.
+        "crop_config": CropConfig.from_saved(json.loads(crop_config)).model_dump(mode="json")
+        if crop_config
+        else None,
+        # The split the examples follow: the run's recorded one (its settings may differ
+        # from config's when the run was split before).
+        "split": {**split.settings, "status": split.status},
         "stats": summary.stats(),
     }
     (out_dir / "croptune_dataset.json").write_text(json.dumps(facts, indent=2))

@@ -20,7 +20,7 @@ from typing import Any
 
 from toolkit.boxes import Box
 from toolkit.config import dump_yaml
-from toolkit.dataset import SPLIT_KEYS, SPLITS, DatasetConfig, run_splits
+from toolkit.dataset import SPLIT_KEYS, SPLITS, DatasetConfig, item_splits
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError, LoadedImage, encode_jpeg, load_image
@@ -113,6 +113,9 @@ class DetectionExport:
     photos: list[ExportedPhoto] = field(default_factory=list)
     item_splits: dict[str, str] = field(default_factory=dict)  # YOLO only: item_id -> split
     split_settings: dict[str, float | int] = field(default_factory=dict)  # YOLO only
+    # YOLO only: "new" (split now and recorded in the run), "recorded" (the run's recorded
+    # split, whatever settings were asked) or "resplit" (see toolkit.dataset.item_splits).
+    split_status: str | None = None
 
     def split_counts(self) -> dict[str, dict[str, int]]:
         """YOLO only: items, images and boxes per non-empty split (dataset split names)."""
@@ -165,10 +168,11 @@ def export_labels_yolo(
 ) -> DetectionExport:
     """Write the run's boxes as a YOLO dataset split by item: images/, labels/, data.yaml.
 
-    The items are split by `toolkit.dataset.run_splits` with these ratios and seed, so they
-    land where `dataset build` puts them. select maps one image's stored boxes (all
-    teachers) to the boxes to export. Each photo is written once, with the boxes of every
-    item showing it.
+    The items follow the run's one split (`toolkit.dataset.item_splits`): the split recorded
+    in the run store, or, when none is recorded yet, a split by these ratios and seed, which
+    is then recorded; so they land where `dataset build` puts them. select maps one image's
+    stored boxes (all teachers) to the boxes to export. Each photo is written once, with the
+    boxes of every item showing it.
     """
     split = {"validation_ratio": validation_ratio, "test_ratio": test_ratio, "seed": seed}
     return _export_detection(store, Path(out_dir), "yolo", select, split)
@@ -236,10 +240,10 @@ def _assign_photo_splits(
     store: RunStore, photos: list[ExportedPhoto], split: dict[str, Any], summary: DetectionExport
 ) -> None:
     """Each photo's split: its items' (the most held-out one when they differ, never train)."""
-    summary.split_settings = dict(split)
-    summary.item_splits = run_splits(
-        store, split["validation_ratio"], split["test_ratio"], split["seed"]
-    )
+    recorded = item_splits(store, split["validation_ratio"], split["test_ratio"], split["seed"])
+    summary.split_settings = {key: recorded.settings[key] for key in SPLIT_KEYS}
+    summary.split_status = recorded.status
+    summary.item_splits = recorded.splits
     for photo in photos:
         owners = {summary.item_splits[item_id] for item_id, _ in photo.owners}
         photo.split = max(owners, key=SPLITS.index)  # SPLITS runs from train to most held out
@@ -249,8 +253,16 @@ def _assign_photo_splits(
             f"no photo of run {store.run_dir} is left for train (validation {held['validation']},"
             f" test {held['test']} photos): the split holds out every item of "
             f"{len(summary.item_splits)} (items sharing a photo stay in one split). Lower "
-            "validation_ratio/test_ratio; nothing was written"
+            "validation_ratio/test_ratio"
+            + (
+                " (this is the split recorded in the run: `croptune dataset build --resplit` "
+                "splits it again)"
+                if recorded.status == "recorded"
+                else ""
+            )
+            + "; nothing was written"
         )
+    recorded.record(store)
 
 
 def _write_detection(

@@ -23,6 +23,10 @@ class ImageLoadError(Exception):
     """An image that cannot be used: the message says why, in plain words."""
 
 
+class ImageChangedError(ImageLoadError):
+    """An ingested image whose file now holds other pixels than at ingest."""
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     """An oriented RGB image with its content hash and what decoding changed about it."""

@@ -75,3 +75,13 @@ def _configure_logging(verbose: bool) -> None:
     root.setLevel(logging.WARNING)
     for package in ("toolkit", "teacher_labeling", "finetune"):
         logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def silence_known_warnings() -> None:
+    """Hide third-party warnings users cannot act on (peft calling a renamed transformers API).
+
+    Called by the library (training, loading a student, merging), not only by the CLI.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning
+    )

@@ -63,9 +63,14 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS outcomes (
     stage TEXT NOT NULL, position INTEGER NOT NULL, item_id TEXT, record TEXT,
     updated_at REAL NOT NULL, PRIMARY KEY (stage, position));
+CREATE TABLE IF NOT EXISTS splits (
+    item_id TEXT PRIMARY KEY, split TEXT NOT NULL, created_at REAL NOT NULL);
 """
-# `outcomes` was added without a version bump: a new table is created in an older store by
-# _TABLES itself, and an older croptune ignores it.
+# `outcomes` and `splits` were added without a version bump: a new table is created in an
+# older store by _TABLES itself, and an older croptune ignores it.
+
+# The meta key of the settings (JSON) that made the recorded split (the `splits` table).
+SPLIT_SETTINGS_KEY = "split_settings"
 
 # The stage whose latest run `outcomes` holds in a predict work folder (finetune.predict).
 PREDICT_STAGE = "predict"
@@ -631,6 +636,37 @@ class RunStore:
             "SELECT item_id, record FROM outcomes WHERE stage=? ORDER BY position", (stage,)
         )
         return [(r["item_id"], _loads(r["record"])) for r in rows]
+
+    # splits: the one train/validation/test split of the run's items (toolkit.dataset owns it)
+    def recorded_splits(self) -> dict[str, str]:
+        """item_id -> split as recorded in the run (empty when no split was recorded)."""
+        rows = self._query("SELECT item_id, split FROM splits ORDER BY item_id")
+        return {r["item_id"]: r["split"] for r in rows}
+
+    def split_settings(self) -> dict[str, Any] | None:
+        """The settings that made the recorded split, or None when none was recorded."""
+        return _loads(self.get_meta(SPLIT_SETTINGS_KEY))
+
+    def record_splits(
+        self, splits: dict[str, str], settings: dict[str, Any], replace: bool = False
+    ) -> None:
+        """Record items' splits and the settings that made them, in one transaction.
+
+        replace: forget the recorded split first (a re-split); else the given items are
+        added and an item already recorded keeps its split.
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            if replace:
+                conn.execute("DELETE FROM splits")
+            conn.executemany(
+                "INSERT OR IGNORE INTO splits (item_id, split, created_at) VALUES (?, ?, ?)",
+                [(item_id, split, now) for item_id, split in sorted(splits.items())],
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (SPLIT_SETTINGS_KEY, json.dumps(settings, sort_keys=True)),
+            )
 
     # events
     def log_event(

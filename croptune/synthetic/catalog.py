@@ -1,9 +1,7 @@
-"""Synthetic product catalog: seeded photos with small printed labels and reference boxes."""
+"""The seeded example catalog: product photos with small printed labels and reference boxes."""
 
 from __future__ import annotations
 
-import json
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,31 +12,25 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-log = logging.getLogger(__name__)
+from croptune.synthetic.drawing import (
+    BOX_MARGIN,
+    INK,
+    PAPER,
+    RGB,
+    Labelled,
+    Rect,
+    clip,
+    grow,
+    save_photo,
+    shade,
+    write_catalog,
+)
 
-RGB = tuple[int, int, int]
-Rect = tuple[int, int, int, int]
-Labelled = list[tuple[str, Rect]]  # (box label, xyxy) pairs drawn on one photo
-
-JPEG_QUALITY = 90
-BOX_MARGIN = 2  # px added around every drawn region
-EXIF_RATE = 1 / 6  # share of photos stored rotated with an EXIF Orientation tag
-ORIENTATION_TAG = 0x0112
-# Orientation tag -> the transpose that stores an upright drawing so that
-# ImageOps.exif_transpose gives it back (the inverse of what exif_transpose applies).
-_STORE_TRANSPOSE = {
-    3: Image.Transpose.ROTATE_180,
-    6: Image.Transpose.ROTATE_90,
-    8: Image.Transpose.ROTATE_270,
-}
 # Images per item, 2..8, skewed small (median 4) to keep a CPU demo fast.
 _N_IMAGES = (2, 3, 4, 5, 6, 7, 8)
 _N_IMAGES_WEIGHTS = (16, 26, 22, 14, 10, 7, 5)
 # Order of the small-print elements on a sticker, top to bottom.
 _ELEMENT_ORDER = ("model_number", "country_of_origin", "certification_mark", "warning", "barcode")
-
-INK: RGB = (22, 22, 24)
-PAPER: RGB = (250, 250, 246)
 
 
 @dataclass(frozen=True)
@@ -176,24 +168,9 @@ class _Block:
 
 def make_example_catalog(out_dir: Path, n_items: int = 30, seed: int = 0) -> Path:
     """Write a synthetic catalog (catalog.jsonl + img/) and return the catalog path."""
-    return _write_catalog(
+    return write_catalog(
         out_dir, n_items, lambda img_dir, index: _make_item(img_dir, index, seed), "synthetic"
     )
-
-
-def _write_catalog(
-    out_dir: Path, n_items: int, make_item: Callable[[Path, int], dict], kind: str
-) -> Path:
-    """catalog.jsonl (one line per make_item(img_dir, index)) and img/ under out_dir."""
-    out_dir = Path(out_dir)
-    img_dir = out_dir / "img"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    catalog = out_dir / "catalog.jsonl"
-    with catalog.open("w", encoding="utf-8", newline="\n") as fh:
-        for index in range(n_items):
-            fh.write(json.dumps(make_item(img_dir, index), ensure_ascii=False) + "\n")
-    log.info("wrote %d %s items to %s", n_items, kind, catalog)
-    return catalog
 
 
 def ean13_check_digit(digits12: str) -> str:
@@ -230,7 +207,7 @@ def _make_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
     for i, elements in enumerate(plan):
         image, drawn = _draw_photo(rng, product, elements)
         name = f"{product.item_id}_{i}.jpg"
-        _save_photo(image, img_dir / name, rng)
+        save_photo(image, img_dir / name, rng)
         images.append(f"img/{name}")
         boxes += [{"image": i, "xyxy": list(xyxy), "label": label} for label, xyxy in drawn]
     return {
@@ -359,13 +336,7 @@ def _draw_photo(
         drawn = _draw_label_sticker(draw, rng, face, size, _blocks(rng, product, elements))
     else:
         drawn = []
-    return _add_noise(image, rng), [(label, _clip(rect, size)) for label, rect in drawn]
-
-
-def _clip(rect: Rect, size: tuple[int, int]) -> Rect:
-    """The rectangle clipped to the image."""
-    w, h = size
-    return (max(0, rect[0]), max(0, rect[1]), min(w, rect[2]), min(h, rect[3]))
+    return _add_noise(image, rng), [(label, clip(rect, size)) for label, rect in drawn]
 
 
 def _photo_size(rng: random.Random) -> tuple[int, int]:
@@ -398,13 +369,6 @@ def _add_noise(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def _shade(color: RGB, factor: float) -> RGB:
-    """The colour scaled towards black (<1) or white (>1)."""
-    if factor <= 1:
-        return tuple(int(c * factor) for c in color)  # type: ignore[return-value]
-    return tuple(int(c + (255 - c) * (factor - 1)) for c in color)  # type: ignore[return-value]
-
-
 def _draw_product(
     draw: ImageDraw.ImageDraw, rng: random.Random, size: tuple[int, int], product: _Product
 ) -> Rect:
@@ -433,8 +397,8 @@ def _draw_box(draw: ImageDraw.ImageDraw, rng: random.Random, rect: Rect, color: 
     x1, y1, x2, y2 = rect
     d = int((x2 - x1) * rng.uniform(0.08, 0.13))
     y1 += d
-    draw.polygon([(x1, y1), (x1 + d, y1 - d), (x2 + d, y1 - d), (x2, y1)], fill=_shade(color, 1.25))
-    draw.polygon([(x2, y1), (x2 + d, y1 - d), (x2 + d, y2 - d), (x2, y2)], fill=_shade(color, 0.72))
+    draw.polygon([(x1, y1), (x1 + d, y1 - d), (x2 + d, y1 - d), (x2, y1)], fill=shade(color, 1.25))
+    draw.polygon([(x2, y1), (x2 + d, y1 - d), (x2 + d, y2 - d), (x2, y2)], fill=shade(color, 0.72))
     draw.rectangle((x1, y1, x2, y2), fill=color)
     return (x1 + 6, y1 + 6, x2 - 6, y2 - 6)
 
@@ -448,7 +412,7 @@ def _draw_bottle(draw: ImageDraw.ImageDraw, rng: random.Random, rect: Rect, colo
     neck_h = int((y2 - y1) * 0.06)
     body_top = y1 + cap_h + neck_h + int((y2 - y1) * 0.06)
     cx = (x1 + x2) // 2
-    cap_color = _shade(color, 0.55)
+    cap_color = shade(color, 0.55)
     draw.rectangle((cx - neck_w // 2 - 3, y1, cx + neck_w // 2 + 3, y1 + cap_h), fill=cap_color)
     draw.rectangle((cx - neck_w // 2, y1 + cap_h, cx + neck_w // 2, body_top + 4), fill=color)
     r = max(8, bw // 8)
@@ -466,9 +430,9 @@ def _draw_cylinder(draw: ImageDraw.ImageDraw, rect: Rect, color: RGB) -> Rect:
     """An upright cylinder (kettle body, jar, speaker) with a lighter top."""
     x1, y1, x2, y2 = rect
     e = max(10, (x2 - x1) // 7)
-    draw.ellipse((x1, y2 - e, x2, y2 + e // 2), fill=_shade(color, 0.8))
+    draw.ellipse((x1, y2 - e, x2, y2 + e // 2), fill=shade(color, 0.8))
     draw.rectangle((x1, y1 + e // 2, x2, y2 - e // 4), fill=color)
-    draw.ellipse((x1, y1, x2, y1 + e), fill=_shade(color, 1.3))
+    draw.ellipse((x1, y1, x2, y1 + e), fill=shade(color, 1.3))
     return (x1 + 8, y1 + e + 6, x2 - 8, y2 - e // 2)
 
 
@@ -502,11 +466,6 @@ def _text_size(text: str, size: int) -> tuple[int, int]:
     return right - left, bottom - top
 
 
-def _grow(rect: Rect, margin: int = BOX_MARGIN) -> Rect:
-    """The rectangle grown by a margin on every side."""
-    return (rect[0] - margin, rect[1] - margin, rect[2] + margin, rect[3] + margin)
-
-
 def _draw_front_panel(
     draw: ImageDraw.ImageDraw, rng: random.Random, face: Rect, product: _Product
 ) -> Labelled:
@@ -528,7 +487,7 @@ def _draw_front_panel(
         rects.append(_text(draw, (x, y), text, size, fill))
         y += height + gap
     union = (min(r[0] for r in rects), rects[0][1], max(r[2] for r in rects), rects[-1][3])
-    return [("brand", _grow(union))]
+    return [("brand", grow(union))]
 
 
 def _blocks(rng: random.Random, product: _Product, elements: list[str]) -> list[_Block]:
@@ -551,7 +510,7 @@ def _text_block(text: str, label: str, size: int) -> _Block:
     w, h = _text_size(text, size)
 
     def draw_at(draw: ImageDraw.ImageDraw, x: int, y: int) -> Labelled:
-        return [(label, _grow(_text(draw, (x, y), text, size, INK)))]
+        return [(label, grow(_text(draw, (x, y), text, size, INK)))]
 
     return _Block(w, h, draw_at)
 
@@ -565,7 +524,7 @@ def _warning_block(text: str, size: int) -> _Block:
         draw.polygon([(x, y + tri), (x + tri // 2, y), (x + tri, y + tri)], outline=INK, width=1)
         draw.line((x + tri // 2, y + tri // 3, x + tri // 2, y + tri - 3), fill=INK)
         _text(draw, (x + tri + 4, y), text, size, INK)
-        return [("warning", _grow((x, y, x + tri + 4 + tw, y + max(th, tri))))]
+        return [("warning", grow((x, y, x + tri + 4 + tw, y + max(th, tri))))]
 
     return _Block(tri + 4 + tw, max(th, tri), draw_at)
 
@@ -587,7 +546,7 @@ def _marks_block(marks: tuple[str, ...], size: int) -> _Block:
             else:
                 draw.rectangle(frame, outline=INK, width=1)
             _text(draw, (x + pad, y + (height - th) // 2), mark, size, INK)
-            out.append(("certification_mark", _grow(frame)))
+            out.append(("certification_mark", grow(frame)))
             x += fw + gap
         return out
 
@@ -618,7 +577,7 @@ def _barcode_block(rng: random.Random, gtin: str) -> _Block:
             cw = _text_size(chunk, digit_size)[0]
             cx = bx + start * module + (42 * module - cw) // 2
             _text(draw, (cx, ty), chunk, digit_size, INK)
-        return [("barcode", _grow((x, y, bx + bars_w, ty + digit_h)))]
+        return [("barcode", grow((x, y, bx + bars_w, ty + digit_h)))]
 
     return _Block(lead + bars_w, bar_h + 2 + digit_h, draw_at)
 
@@ -651,191 +610,3 @@ def _place(rng: random.Random, lo: int, hi: int, length: int, limit_lo: int, lim
         return rng.randint(lo, hi - length)
     start = (lo + hi - length) // 2
     return max(limit_lo + BOX_MARGIN, min(start, limit_hi - length - BOX_MARGIN - 1))
-
-
-def _save_photo(image: Image.Image, path: Path, rng: random.Random) -> None:
-    """Save as JPEG; about one photo in six is stored rotated with an EXIF Orientation tag."""
-    tagged = rng.random() < EXIF_RATE
-    _save_jpeg(image, path, rng.choice(sorted(_STORE_TRANSPOSE)) if tagged else None)
-
-
-def _save_jpeg(image: Image.Image, path: Path, orientation: int | None) -> None:
-    """Save an upright image so that exif_transpose of the file gives it back."""
-    if orientation is None:
-        image.save(path, "JPEG", quality=JPEG_QUALITY)
-        return
-    exif = Image.Exif()
-    exif[ORIENTATION_TAG] = orientation
-    stored = image.transpose(_STORE_TRANSPOSE[orientation])
-    stored.save(path, "JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
-
-
-# ---------------------------------------------------------------- marks mode
-#
-# The "it matters where you look" experiment (bench/crop_ablation.py): 448x448 photos of one
-# product on a striped or dotted background with 1-2 distractor shapes; ONE photo of the
-# item carries a small white sticker (~40x28 px) with a ~14 px certification symbol. The
-# symbol is ~3.5 px once the photo is downscaled to a small student's input and ~25 px in
-# a crop of the sticker. Product and distractor colours come from a palette that holds the
-# symbols' colours, drawn independently of the mark, so no colour elsewhere gives it away.
-
-MARK_CLASSES = ("CE", "UKCA", "FCC", "RoHS")
-MARKS_PHOTO_SIDE = 448
-MARK_LABEL = "certification_mark"  # the reference box's label
-# Each mark: a distinct shape in a distinct colour.
-_MARK_STYLE: dict[str, tuple[str, RGB]] = {
-    "CE": ("ring", (38, 82, 182)),  # blue ring
-    "UKCA": ("square", (196, 42, 40)),  # red square
-    "FCC": ("triangle", (40, 132, 70)),  # green triangle
-    "RoHS": ("diamond", (226, 118, 32)),  # orange diamond
-}
-# Product and distractor colours: the four mark colours and six others, never near white
-# (only the sticker is near white).
-_MARKS_PALETTE: tuple[RGB, ...] = (
-    *(colour for _, colour in _MARK_STYLE.values()),
-    (226, 196, 44),
-    (108, 62, 146),
-    (222, 120, 160),
-    (34, 34, 38),
-    (128, 130, 136),
-    (30, 140, 150),
-)
-_SHAPES = ("ring", "square", "triangle", "diamond", "disc", "rect")
-
-
-@dataclass(frozen=True)
-class MarksSticker:
-    """Where the sticker sits on its photo and which mark it carries."""
-
-    mark: str
-    rect: Rect  # the paper's pixels, x1 y1 x2 y2 (inclusive drawing, so x2/y2 are exclusive+1)
-
-
-def make_marks_catalog(out_dir: Path, n_items: int = 200, seed: int = 0) -> Path:
-    """Write the certification-mark catalog (catalog.jsonl + img/) and return its path.
-
-    Each item has 1-4 photos of 448x448, one of which carries the mark's sticker; its
-    reference box covers the sticker and its reference attributes name the one mark.
-    """
-    return _write_catalog(
-        out_dir,
-        n_items,
-        lambda img_dir, index: _make_marks_item(img_dir, index, seed),
-        "certification-mark",
-    )
-
-
-def _make_marks_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
-    """One item of the marks catalog; depends only on (seed, index)."""
-    rng = random.Random(f"croptune-marks:{seed}:{index}")
-    item_id = f"MK{index + 1:04d}"
-    mark = rng.choice(MARK_CLASSES)
-    n_photos = rng.randint(1, 4)
-    sticker_photo = rng.randrange(n_photos)
-    product = (rng.choice(("rect", "disc", "rounded")), rng.choice(_MARKS_PALETTE))
-    images: list[str] = []
-    boxes: list[dict[str, Any]] = []
-    for i in range(n_photos):
-        scene = marks_scene(rng, product)
-        sticker = marks_sticker(rng, mark) if i == sticker_photo else None
-        image = render_marks_photo(scene, sticker)
-        name = f"{item_id}_{i}.jpg"
-        _save_photo(image, img_dir / name, rng)
-        images.append(f"img/{name}")
-        if sticker is not None:
-            box = _clip(_grow(sticker.rect), image.size)
-            boxes.append({"image": i, "xyxy": list(box), "label": MARK_LABEL})
-    return {
-        "item_id": item_id,
-        "images": images,
-        "category": "electronics",
-        "attributes": {"regulatory_safety": {"certification_marks": [mark]}},
-        "boxes": boxes,
-    }
-
-
-def marks_scene(rng: random.Random, product: tuple[str, RGB]) -> dict[str, Any]:
-    """Random layout of one marks photo without its sticker: background, product, distractors."""
-    side = MARKS_PHOTO_SIDE
-    base: RGB = (rng.randint(150, 215), rng.randint(150, 215), rng.randint(150, 215))
-    scene: dict[str, Any] = {
-        "pattern": rng.choice(("stripes-h", "stripes-v", "stripes-d", "dots")),
-        "base": base,
-        "ink": _shade(base, rng.uniform(0.7, 0.85)),
-        "pitch": rng.randint(10, 22),
-        "product": (product[0], product[1], _random_rect(rng, side, 180, 300)),
-        "distractors": [
-            (rng.choice(_SHAPES), rng.choice(_MARKS_PALETTE), _random_rect(rng, side, 24, 70))
-            for _ in range(rng.randint(1, 2))
-        ],
-    }
-    return scene
-
-
-def marks_sticker(rng: random.Random, mark: str) -> MarksSticker:
-    """A sticker of ~40x28 px at a random place, fully inside the photo."""
-    w, h = rng.randint(38, 44), rng.randint(26, 30)
-    x = rng.randint(BOX_MARGIN + 1, MARKS_PHOTO_SIDE - w - BOX_MARGIN - 2)
-    y = rng.randint(BOX_MARGIN + 1, MARKS_PHOTO_SIDE - h - BOX_MARGIN - 2)
-    return MarksSticker(mark, (x, y, x + w, y + h))
-
-
-def render_marks_photo(scene: dict[str, Any], sticker: MarksSticker | None) -> Image.Image:
-    """The photo of a scene, with the sticker drawn last (on top) if given; deterministic."""
-    side = MARKS_PHOTO_SIDE
-    image = Image.new("RGB", (side, side), scene["base"])
-    draw = ImageDraw.Draw(image)
-    pitch, ink = scene["pitch"], scene["ink"]
-    if scene["pattern"] == "dots":
-        r = max(2, pitch // 5)
-        for cy in range(pitch // 2, side, pitch):
-            for cx in range(pitch // 2, side, pitch):
-                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=ink)
-    else:
-        width = max(2, pitch // 3)
-        for k in range(-side, 2 * side, pitch):
-            if scene["pattern"] == "stripes-h":
-                draw.line((0, k, side, k), fill=ink, width=width)
-            elif scene["pattern"] == "stripes-v":
-                draw.line((k, 0, k, side), fill=ink, width=width)
-            else:
-                draw.line((k, 0, k - side, side), fill=ink, width=width)
-    shape, colour, rect = scene["product"]
-    if shape == "rounded":
-        draw.rounded_rectangle(rect, radius=24, fill=colour)
-    else:
-        _draw_shape(draw, "disc" if shape == "disc" else "rect", rect, colour)
-    for shape, colour, rect in scene["distractors"]:
-        _draw_shape(draw, shape, rect, colour)
-    if sticker is not None:
-        draw.rounded_rectangle(sticker.rect, radius=3, fill=PAPER, outline=(170, 170, 165))
-        shape, colour = _MARK_STYLE[sticker.mark]
-        x1, y1, x2, y2 = sticker.rect
-        cx, cy, half = (x1 + x2) // 2, (y1 + y2) // 2, 7
-        _draw_shape(draw, shape, (cx - half, cy - half, cx + half, cy + half), colour)
-    # No added sensor noise (JPEG adds its own): noisy pixels make every PNG the dataset
-    # stores 4x larger and slower to write and read.
-    return image
-
-
-def _random_rect(rng: random.Random, side: int, low: int, high: int) -> Rect:
-    """A square-ish rectangle of side low..high at a random place inside the photo."""
-    w, h = rng.randint(low, high), rng.randint(low, high)
-    x, y = rng.randint(0, side - w - 1), rng.randint(0, side - h - 1)
-    return (x, y, x + w, y + h)
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, rect: Rect, colour: RGB) -> None:
-    """A filled (or, for 'ring', outlined) shape inscribed in rect."""
-    x1, y1, x2, y2 = rect
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    if shape == "ring":
-        draw.ellipse(rect, outline=colour, width=max(2, (x2 - x1) // 3))
-    elif shape == "disc":
-        draw.ellipse(rect, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(x1, y2), (cx, y1), (x2, y2)], fill=colour)
-    elif shape == "diamond":
-        draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=colour)
-    else:  # square, rect
-        draw.rectangle(rect, fill=colour)

@@ -1,0 +1,1 @@
+"""Synthetic catalog generators for the demo, the examples and the benchmarks."""

@@ -1,0 +1,172 @@
+"""The OpenAI-compatible client layer under the teachers, the evaluate endpoint and the judge.
+
+One typed config of "a model behind an OpenAI-compatible endpoint" (`EndpointSettings`:
+where, which key variable, how hard it may be pushed, how images are sent), one builder of
+its request engine (`build_engine`), one readiness check (`check_ready`) and one image
+encoding (`image_part`, cached by pixel hash in `ENCODED_IMAGES`). `TeacherConfig`,
+`EndpointConfig` and the judge's `JudgeEndpointConfig` extend `EndpointSettings` with the
+keys only they use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from teacher_labeling.engine import RequestEngine
+
+
+class EndpointSettings(BaseModel):
+    """A model behind an OpenAI-compatible endpoint: where, its key variable, its limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Free name, used in messages and recorded as the source")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL; omit for OpenAI")
+    model: str = Field(description="Model name sent to the endpoint")
+    api_key_env: str | None = Field(
+        None, description="NAME of the environment variable holding the key (never the key)"
+    )
+    max_concurrency: int = Field(32, ge=1, description="Requests in flight at once")
+    requests_per_minute: int = Field(600, ge=1, description="Request rate limit")
+    tokens_per_minute: int = Field(2_000_000, ge=1, description="Token rate limit")
+    timeout_s: float = Field(120, gt=0, description="Per-request timeout in seconds")
+    startup_wait_s: float = Field(
+        0,
+        ge=0,
+        description="Seconds to wait for the server to answer before the first request (a "
+        "vLLM still loading its model); 0 = a dead URL fails at once",
+    )
+    max_retries: int = Field(6, ge=0, description="Retries of 429/5xx/timeouts before giving up")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature")
+    max_tokens: int = Field(2048, ge=1, description="Answer length limit in tokens")
+    image_format: Literal["jpeg", "png"] = Field(
+        "jpeg",
+        description="Encoding of the images sent: jpeg (small requests, what APIs price) or png "
+        "(lossless: the exact pixels, for a student served by vLLM)",
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the images sent")
+
+    @model_validator(mode="after")
+    def _no_inline_keys(self) -> EndpointSettings:
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                "not the key itself"
+            )
+        return self
+
+
+class EncodedImages:
+    """Data URLs by (pixel hash, size, format, JPEG quality), shared by a process's clients.
+
+    Each image is encoded once per size it is sent at; the oldest entries go first once
+    the cache holds max_bytes (items flow through once, so a small cache is enough).
+    """
+
+    def __init__(self, max_bytes: int = 256_000_000) -> None:
+        self._cache: dict[tuple[str, tuple[int, int], str, int], str] = {}
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.encoded = 0
+
+    def data_url(self, image: Image.Image, image_hash: str, config: EndpointSettings) -> str:
+        """The data URL of an image as an endpoint config sends it (JPEG or lossless PNG)."""
+        key = (image_hash, image.size, config.image_format, config.jpeg_quality)
+        with self._lock:
+            url = self._cache.get(key)
+        if url is not None:
+            return url
+        import base64
+
+        from toolkit.images import encode_jpeg, encode_png
+
+        if config.image_format == "png":
+            url = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
+        else:
+            data = encode_jpeg(image, config.jpeg_quality)
+            url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+        with self._lock:
+            self.encoded += 1
+            self._cache[key] = url
+            self._bytes += len(url)
+            while self._bytes > self._max_bytes and len(self._cache) > 1:
+                oldest = next(iter(self._cache))
+                self._bytes -= len(self._cache.pop(oldest))
+        return url
+
+
+ENCODED_IMAGES = EncodedImages()
+
+
+def image_part(
+    image: Image.Image,
+    image_hash: str,
+    config: EndpointSettings,
+    encoded: EncodedImages = ENCODED_IMAGES,
+) -> dict[str, Any]:
+    """One image as a chat message content part (a data URL, encoded once per size)."""
+    return {"type": "image_url", "image_url": {"url": encoded.data_url(image, image_hash, config)}}
+
+
+def user_message(
+    images: Sequence[Image.Image],
+    hashes: Sequence[str],
+    text: str,
+    config: EndpointSettings,
+    encoded: EncodedImages = ENCODED_IMAGES,
+) -> list[dict[str, Any]]:
+    """The chat messages of one question: its images as data URLs, then the instruction."""
+    content = [
+        image_part(image, h, config, encoded) for image, h in zip(images, hashes, strict=True)
+    ]
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def check_ready(what: str, config: EndpointSettings) -> None:
+    """The key variable is set, the server answers and it serves config.model (CroptuneError)."""
+    from teacher_labeling.engine import check_endpoint, resolve_api_key
+
+    key = resolve_api_key(config.name, config.api_key_env, config.base_url)
+    check_endpoint(
+        what,
+        config.base_url,
+        config.model,
+        key,
+        timeout_s=min(config.timeout_s, 30.0),
+        wait_s=config.startup_wait_s,
+        key_env=config.api_key_env,
+    )
+
+
+def build_engine(
+    config: EndpointSettings,
+    client: Any = None,
+    wrap: Callable[[Any], Any] | None = None,
+) -> RequestEngine:
+    """The request engine of an endpoint config (call inside the event loop that uses it).
+
+    client: an AsyncOpenAI-like client to use (tests); default one made from the config,
+    its key read from the variable the config names. wrap: applied to the client first.
+    """
+    from teacher_labeling.engine import RequestEngine, openai_client, resolve_api_key
+
+    if client is None:
+        key = resolve_api_key(config.name, config.api_key_env, config.base_url)
+        client = openai_client(config.base_url, key, config.timeout_s)
+    return RequestEngine(
+        config.name,
+        config.model,
+        wrap(client) if wrap is not None else client,
+        max_concurrency=config.max_concurrency,
+        requests_per_minute=config.requests_per_minute,
+        tokens_per_minute=config.tokens_per_minute,
+        max_retries=config.max_retries,
+    )
