@@ -49,6 +49,24 @@ def all_rows(dataset: Path) -> Any:
     return concatenate_datasets([splits[name] for name in splits])
 
 
+def strategy_setup(
+    workdir: Path | None, prefix: str
+) -> tuple[Path, dict[str, Any], dict[str, dict[str, list[int]]]]:
+    """A sandboxed, quiet work folder (a new temporary one unless given) and each strategy's
+    dataset in it: (workdir, all rows per strategy, token stats per strategy)."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    sandbox(workdir)
+    logging.disable(logging.WARNING)
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, workdir {workdir}")
+    folders = build_datasets(workdir)
+    rows = {strategy: all_rows(folder) for strategy, folder in folders.items()}
+    tokens = {strategy: token_stats(folder) for strategy, folder in folders.items()}
+    return workdir, rows, tokens
+
+
 def time_strategy(rows: Any, max_new_tokens: int, batch_size: int) -> dict[str, float]:
     """One timed pass of croptune's evaluation over the rows: examples/s and s/example."""
     from finetune.evaluate import evaluate_backend
@@ -78,18 +96,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     settings = parser.parse_args()
 
-    workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="croptune-eval-speed-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    sandbox(workdir)
-    logging.disable(logging.WARNING)
-    import torch
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, workdir {workdir}")
-
-    # Setup
-    folders = build_datasets(workdir)
-    rows = {strategy: all_rows(folder) for strategy, folder in folders.items()}
-    tokens = {strategy: token_stats(folder) for strategy, folder in folders.items()}
+    workdir, rows, tokens = strategy_setup(settings.workdir, "croptune-eval-speed-")
 
     # Timing
     timings: dict[tuple[str, str], list[dict[str, float]]] = {}

@@ -24,10 +24,8 @@ tokens without its images, asked once per row (untimed).
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from eval_speed import BUDGETS, all_rows  # noqa: E402
-from train_overhead import STRATEGIES, build_datasets, sandbox, token_stats  # noqa: E402
+from eval_speed import BUDGETS, strategy_setup  # noqa: E402
+from train_overhead import STRATEGIES  # noqa: E402
 
 BACKENDS = ("transformers", "vllm")
 LORA_NAME = "student"
@@ -134,20 +132,9 @@ def main() -> None:
     if vllm_executable() is None:
         sys.exit(vllm_missing())
 
-    workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="croptune-serve-vllm-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    sandbox(workdir)
-    logging.disable(logging.WARNING)
-    import torch
-
     from finetune.students import resolve_student
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, workdir {workdir}")
-
-    # Setup
-    folders = build_datasets(workdir)
-    rows = {strategy: all_rows(folder) for strategy, folder in folders.items()}
-    tokens = {strategy: token_stats(folder) for strategy, folder in folders.items()}
+    workdir, rows, tokens = strategy_setup(settings.workdir, "croptune-serve-vllm-")
     adapter = make_adapter(workdir / "adapter")
     args = [
         "serve",

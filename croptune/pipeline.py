@@ -1,15 +1,15 @@
-"""Stage orchestration behind the CLI: each stage a function, the demo their sequence."""
+"""Stage orchestration behind the CLI: each stage (label, relabel, crop, dataset, predict,
+evaluate) a function over a run folder."""
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any
 
+from croptune.models import open_model
 from toolkit.catalog import IngestSummary, ingest_catalog, load_catalog
 from toolkit.config import dump_config
 from toolkit.crops import CropConfig, CropSummary, crop_run
@@ -19,16 +19,14 @@ from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import RunStore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from finetune.evaluate import EvaluationResult
-    from finetune.infer import TransformersBackend
-    from finetune.predict import BoxSource, PredictSummary
-    from teacher_labeling.endpoint import EndpointBackend
+    from finetune.predict import PredictSummary
     from teacher_labeling.judge import JudgeConfig
     from teacher_labeling.labeling import LabelSummary, PendingRequests
     from teacher_labeling.teachers import LabelConfig, Teacher
-    from toolkit.answers import AnswerBackend
+    from toolkit.protocols import AnswerBackend, BoxSource
 
 logger = logging.getLogger(__name__)
 
@@ -46,39 +44,11 @@ def run_schema(store: RunStore) -> AttributeSchema:
     return AttributeSchema.model_validate_json(recorded)
 
 
-@overload
-def run_label(
-    catalog_path: Path,
-    config: LabelConfig,
-    run_dir: Path,
-    limit: int | None = ...,
-    dry_run: Literal[False] = ...,
-    progress: bool = ...,
-    batch: bool = ...,
-) -> tuple[IngestSummary, LabelSummary]: ...
-@overload
-def run_label(
-    catalog_path: Path,
-    config: LabelConfig,
-    run_dir: Path,
-    limit: int | None = ...,
-    dry_run: bool = ...,
-    progress: bool = ...,
-    batch: bool = ...,
-) -> tuple[IngestSummary, LabelSummary | PendingRequests]: ...
-def run_label(
-    catalog_path: Path,
-    config: LabelConfig,
-    run_dir: Path,
-    limit: int | None = None,
-    dry_run: bool = False,
-    progress: bool = False,
-    batch: bool = False,
-) -> tuple[IngestSummary, LabelSummary | PendingRequests]:
-    """Ingest a catalog into the run and label it with the configured teachers
-    (--dry-run: the requests it would send, priced)."""
-    from teacher_labeling.labeling import label_items, pending_requests
-
+@contextmanager
+def _ingested(
+    catalog_path: Path, config: LabelConfig, run_dir: Path, limit: int | None, progress: bool
+) -> Iterator[tuple[RunStore, list[Teacher], IngestSummary]]:
+    """The run's store with the catalog ingested, and the teachers, checked, that label it."""
     # --dry-run checks too: an estimate for a teacher that cannot answer is no estimate.
     teachers = _teachers(config)
     catalog = load_catalog(
@@ -91,9 +61,25 @@ def run_label(
         store.set_meta("schema_json", load_schema(config.schema_).model_dump_json())
         store.set_meta("catalog", str(catalog_path.resolve()))
         save_resolved_config(config, run_dir / "label_config.yaml")
-        ingest = ingest_catalog(catalog, store, config.max_image_pixels, limit, progress)
-        if dry_run:
-            return ingest, pending_requests(store, teachers, limit, config.prices)
+        yield (
+            store,
+            teachers,
+            ingest_catalog(catalog, store, config.max_image_pixels, limit, progress),
+        )
+
+
+def run_label(
+    catalog_path: Path,
+    config: LabelConfig,
+    run_dir: Path,
+    limit: int | None = None,
+    progress: bool = False,
+    batch: bool = False,
+) -> tuple[IngestSummary, LabelSummary]:
+    """Ingest a catalog into the run and label it with the configured teachers."""
+    from teacher_labeling.labeling import label_items
+
+    with _ingested(catalog_path, config, run_dir, limit, progress) as (store, teachers, ingest):
         if batch:
             from teacher_labeling.batch import label_with_batches
 
@@ -105,20 +91,23 @@ def run_label(
     return ingest, summary
 
 
-@overload
-def run_relabel(
-    run_dir: Path, config: LabelConfig, dry_run: Literal[False] = ..., progress: bool = ...
-) -> LabelSummary: ...
-@overload
-def run_relabel(
-    run_dir: Path, config: LabelConfig, dry_run: bool = ..., progress: bool = ...
-) -> LabelSummary | PendingRequests: ...
-def run_relabel(
-    run_dir: Path, config: LabelConfig, dry_run: bool = False, progress: bool = False
-) -> LabelSummary | PendingRequests:
-    """ "Better labels": the attributes teachers again, on originals + the run's crops."""
-    from teacher_labeling.labeling import label_items, pending_requests
+def estimate_label(
+    catalog_path: Path,
+    config: LabelConfig,
+    run_dir: Path,
+    limit: int | None = None,
+    progress: bool = False,
+) -> tuple[IngestSummary, PendingRequests]:
+    """`label --dry-run`: ingest the catalog, then price the requests labeling would send."""
+    from teacher_labeling.labeling import pending_requests
 
+    with _ingested(catalog_path, config, run_dir, limit, progress) as (store, teachers, ingest):
+        return ingest, pending_requests(store, teachers, limit, config.prices)
+
+
+@contextmanager
+def _relabeling(run_dir: Path, config: LabelConfig) -> Iterator[tuple[RunStore, list[Teacher]]]:
+    """The cropped run's store and its attributes teachers, checked, for relabel."""
     teachers = [t for t in _teachers(config) if t.does_attributes]
     if not teachers:
         raise CroptuneError("relabel needs an attributes teacher (role: attributes) in the config")
@@ -127,9 +116,23 @@ def run_relabel(
             raise CroptuneError(
                 f"run {run_dir} has no crops yet; run `croptune crop --run {run_dir}`"
             )
-        if dry_run:
-            return pending_requests(store, teachers, None, config.prices, relabel=True)
+        yield store, teachers
+
+
+def run_relabel(run_dir: Path, config: LabelConfig, progress: bool = False) -> LabelSummary:
+    """ "Better labels": the attributes teachers again, on originals + the run's crops."""
+    from teacher_labeling.labeling import label_items
+
+    with _relabeling(run_dir, config) as (store, teachers):
         return label_items(store, teachers, None, progress, config.prices, relabel=True)
+
+
+def estimate_relabel(run_dir: Path, config: LabelConfig) -> PendingRequests:
+    """`relabel --dry-run`: the requests relabel would send, priced."""
+    from teacher_labeling.labeling import pending_requests
+
+    with _relabeling(run_dir, config) as (store, teachers):
+        return pending_requests(store, teachers, None, config.prices, relabel=True)
 
 
 def _teachers(config: LabelConfig) -> list[Teacher]:
@@ -169,44 +172,6 @@ def run_dataset(
 
 
 EVAL_CACHE_DIR = "cache"  # inside the evaluation folder: endpoint answers (a RunStore)
-
-
-def open_model(
-    value: str,
-    cache_dir: Path | None = None,
-    batch_size: int = 4,
-    max_new_tokens: int = 256,
-    *,
-    name: str | None = None,
-    base_model: str | None = None,
-) -> TransformersBackend | EndpointBackend:
-    """The answer backend a --model value names: the one place a value becomes a model.
-
-    An endpoint YAML (`*.yaml`: an OpenAI-compatible server, answers cached in cache_dir),
-    else what finetune.models.student_weights finds in-process: a bundle (its `merged/`
-    model if exported with --merge, else base + `adapter/`), an adapter folder (base +
-    adapter), or a base model (hub id, local folder, croptune:tiny). name: the backend's
-    name (default: the value); base_model: a bundle's or adapter's base loaded from here.
-    """
-    from finetune.models import open_student
-    from teacher_labeling.endpoint import (
-        ENDPOINT_SUFFIXES,
-        EndpointBackend,
-        is_endpoint_config,
-        load_endpoint_config,
-    )
-
-    if is_endpoint_config(value):
-        return EndpointBackend(load_endpoint_config(value), cache_dir, max_new_tokens)
-    if value.lower().endswith(ENDPOINT_SUFFIXES) and not Path(value).exists():
-        raise CroptuneError(f"endpoint config {value} does not exist")
-    return open_student(
-        value,
-        name=name,
-        base_model=base_model,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-    )
 
 
 PREDICT_ANSWERS_DIR = "answers"  # inside predict's work folder: endpoint answers (a RunStore)
@@ -413,8 +378,7 @@ def run_evaluate(
     ]
     _unique_names(backends)
     for backend in backends:
-        if hasattr(backend, "check_ready"):
-            backend.check_ready()  # a missing key fails now, not after the first model ran
+        backend.check_ready()  # a missing key fails now, not after the first model ran
     judge_config = _load_judge(judge) if judge is not None else None
     labels = (
         teacher_labels(teacher_labels_from, list(rows["item_id"]))
@@ -469,176 +433,3 @@ def _judge_result(
             ]
             judged += judge_items_sync(config, items, on_result=lambda _: bar.advance())
     return bucket_rates(judged)
-
-
-def distribution(values: list[int]) -> dict[str, float]:
-    """Median, 90th percentile and max of a list of counts."""
-    if not values:
-        return {"median": 0, "p90": 0, "max": 0}
-    ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-    return {"median": statistics.median(ordered), "p90": p90, "max": ordered[-1]}
-
-
-def format_distribution(d: dict[str, float]) -> str:
-    """'median 7, p90 9, max 9' (a half-way median as 7.5)."""
-    if not d:
-        return "n/a"
-    return f"median {d['median']:g}, p90 {d['p90']:g}, max {d['max']:g}"
-
-
-@dataclass
-class DemoSummary:
-    """The demo's headline numbers, one per stage."""
-
-    workdir: Path
-    items: int = 0
-    labeled: int = 0
-    boxes: int = 0
-    crops: int = 0
-    images_before: dict[str, float] = field(default_factory=dict)
-    images_after: dict[str, float] = field(default_factory=dict)
-    examples: dict[str, int] = field(default_factory=dict)
-    first_loss: float | None = None
-    last_loss: float | None = None
-    train_steps: int = 0
-    f1: float | None = None
-    base_f1: float | None = None
-    json_valid: float | None = None
-    evaluation: list[EvaluationResult] = field(default_factory=list)  # base and student results
-    adapter: Path | None = None
-    bundle: Path | None = None
-    report: Path | None = None
-    errors: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def rows(self) -> list[tuple[str, str]]:
-        """(what, value) rows of the summary table."""
-
-        loss = (
-            f"{self.first_loss:.3f} -> {self.last_loss:.3f} ({self.train_steps} steps)"
-            if self.first_loss is not None and self.last_loss is not None
-            else "n/a"
-        )
-        return [
-            ("items labeled", f"{self.labeled} of {self.items} ({self.errors} errors)"),
-            ("teacher boxes", str(self.boxes)),
-            ("crops", str(self.crops)),
-            ("images per item, one crop per box", format_distribution(self.images_before)),
-            ("images per item, enclosing squares", format_distribution(self.images_after)),
-            ("examples train/validation/test", "/".join(str(v) for v in self.examples.values())),
-            ("train loss first -> last", loss),
-            (
-                "field F1 on test (micro)",
-                "n/a"
-                if self.f1 is None
-                else f"student {self.f1:.3f}, base "
-                + ("n/a" if self.base_f1 is None else f"{self.base_f1:.3f}"),
-            ),
-            ("JSON valid on test", "n/a" if self.json_valid is None else f"{self.json_valid:.2f}"),
-            ("review page", str(self.report)),
-            ("adapter", str(self.adapter)),
-            ("bundle", str(self.bundle)),
-            ("time per stage (s)", ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())),
-        ]
-
-
-def run_demo(
-    workdir: Path,
-    n_items: int = 30,
-    max_steps: int = 60,
-    seed: int = 0,
-    progress: bool = False,
-) -> DemoSummary:
-    """The whole recipe offline on the synthetic example catalog, with the reference teacher."""
-    from croptune.synthetic.catalog import make_example_catalog
-    from finetune.export.writer import export_bundle
-    from finetune.infer import TransformersBackend
-    from finetune.models import base_model_of
-    from finetune.train import TrainConfig, save_train_config, train
-    from teacher_labeling.teachers import LabelConfig, TeacherConfig
-
-    summary = DemoSummary(workdir=workdir)
-    clock = _Clock(summary.seconds)
-    run_dir, dataset_dir = workdir / "run", workdir / "dataset"
-
-    with clock("catalog"):
-        catalog_path = make_example_catalog(workdir / "catalog", n_items=n_items, seed=seed)
-    label_config = LabelConfig(
-        teachers=[TeacherConfig(name="reference", role="both", kind="reference", coords="pixels")]
-    )
-    with clock("label"):
-        ingest, labels = run_label(catalog_path, label_config, run_dir, progress=progress)
-    summary.items = ingest.stored + ingest.unchanged + ingest.dropped
-    summary.errors = len(ingest.errors) + labels.failed
-    with clock("crop"):
-        crops = run_crop(run_dir, CropConfig(), progress)
-    with RunStore(run_dir, create=False) as store, clock("report"):
-        from toolkit.report import write_report
-
-        summary.labeled = sum(1 for item in store.items() if store.final_attributes(item.item_id))
-        summary.report = write_report(store, run_dir / "report.html")
-    summary.boxes, summary.crops = crops.boxes, crops.made + crops.existing
-    summary.images_before = distribution(crops.images_per_box_crop)
-    summary.images_after = distribution(crops.images_after)
-    with clock("dataset"):
-        dataset = run_dataset(run_dir, dataset_dir, DatasetConfig(seed=seed), progress)
-    summary.examples = dataset.examples
-
-    train_config = TrainConfig(
-        student="tiny",
-        dataset=str(dataset_dir),
-        output_dir=str(workdir / "train"),
-        max_steps=max_steps,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        learning_rate=2e-3,  # a random-weight toy: a large rate shows the loss moving
-        warmup_ratio=0.0,
-        logging_steps=5,
-        eval_steps=max(1, max_steps // 2),
-        gradient_checkpointing=False,  # nothing to save at this size, and 2x faster
-        seed=seed,
-    )
-    (workdir / "train").mkdir(parents=True, exist_ok=True)
-    save_train_config(train_config, workdir / "train" / "train_config.yaml")
-    with clock("train"):
-        result = train(train_config, progress=progress)
-    summary.first_loss, summary.last_loss = result.first_loss, result.last_loss
-    summary.train_steps, summary.adapter = result.steps, result.adapter_dir
-
-    with clock("evaluate"):
-        base = base_model_of(result.adapter_dir)
-        summary.evaluation = run_evaluate(
-            [
-                TransformersBackend(base, name=f"base ({base})"),
-                TransformersBackend(base, result.adapter_dir, name="student (LoRA)"),
-            ],
-            dataset_dir,
-            workdir / "eval",
-            progress=progress,
-        )
-    summary.base_f1 = summary.evaluation[0].as_dict()["micro"]["f1"]
-    metrics = summary.evaluation[1].as_dict()
-    summary.f1, summary.json_valid = metrics["micro"]["f1"], metrics["json_valid_rate"]
-    with clock("export"):
-        summary.bundle = export_bundle(result.adapter_dir, workdir / "bundle", metrics=metrics)
-    (workdir / "demo_summary.json").write_text(json.dumps(dict(summary.rows()), indent=2))
-    return summary
-
-
-class _Clock:
-    """Context manager factory recording wall time per stage name."""
-
-    def __init__(self, record: dict[str, float]) -> None:
-        self.record = record
-
-    def __call__(self, name: str) -> _Clock:
-        self.name = name
-        return self
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-        logger.info("demo: %s", self.name)
-
-    def __exit__(self, *exc: object) -> None:
-        self.record[self.name] = time.perf_counter() - self.started

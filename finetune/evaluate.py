@@ -1,6 +1,6 @@
 """Evaluate models on a dataset split: answer, parse, score fields, time, compare.
 
-Any answer backend (toolkit.answers.AnswerBackend: a transformers model in-process, an
+Any answer backend (toolkit.protocols.AnswerBackend: a transformers model in-process, an
 OpenAI-compatible endpoint) and any teacher's stored labels are scored the same way, so one
 table compares them. Metric definitions: toolkit/metrics.py and docs/evaluation.md.
 """
@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.answers import AnswerBackend, GeneratedAnswer
+from toolkit.answers import GeneratedAnswer
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.metrics import FieldScores, field_errors, score_answers
+from toolkit.protocols import AnswerBackend
+from toolkit.saved_dataset import load_saved_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -136,20 +138,15 @@ def latency_stats(seconds: list[float]) -> dict[str, Any]:
 
 def load_split(dataset_dir: Path, split: str = "test", limit: int | None = None) -> Any:
     """The rows of one split of a `croptune dataset build` folder (first `limit` rows)."""
-    from datasets import load_from_disk
-
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise CroptuneError(
             f"dataset {dataset_dir} does not exist; build one with "
             "`croptune dataset build --run RUN --out DIR`"
         )
-    try:
-        dataset = load_from_disk(str(dataset_dir))
-    except (FileNotFoundError, ValueError) as exc:
-        raise CroptuneError(
-            f"{dataset_dir} is not a dataset folder written by `croptune dataset build`: {exc}"
-        ) from exc
+    dataset = load_saved_dataset(
+        dataset_dir, f"{dataset_dir} is not a dataset folder written by `croptune dataset build`"
+    )
     if not hasattr(dataset, "keys"):
         raise CroptuneError(f"{dataset_dir} holds a single split; croptune expects a DatasetDict")
     if split not in dataset:
@@ -206,9 +203,7 @@ def evaluate_backend(
     progress: bool = False,
 ) -> EvaluationResult:
     """Answer every row of a split with a backend and score the answers."""
-    prepare = getattr(backend, "prepare", None)
-    if prepare is not None:
-        prepare()  # loading weights is not answering time
+    backend.prepare()  # loading weights is not answering time
     examples = SplitExamples(rows)
     started = time.perf_counter()
     generated = backend.answer(examples, progress=progress)

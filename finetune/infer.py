@@ -107,6 +107,17 @@ class TransformersBackend:
         self.max_new_tokens = max_new_tokens
         self._loaded: tuple[Any, Any] | None = None
 
+    def identity(self) -> dict[str, Any]:
+        """What identifies its answers: the weights (model, adapter) and the answer length."""
+        identity: dict[str, Any] = {"kind": self.kind, "name": self.name, "model": str(self.model)}
+        if self.adapter is not None:
+            identity["adapter"] = str(self.adapter)
+        identity["max_new_tokens"] = str(self.max_new_tokens)
+        return identity
+
+    def check_ready(self) -> None:
+        """Nothing to check before loading: a model that does not load fails in prepare."""
+
     def prepare(self) -> None:
         """Load the model (once)."""
         self._load()

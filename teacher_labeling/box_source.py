@@ -6,7 +6,7 @@ smart_resize fixed point for qwen2.5-vl), the answer is read into clipped boxes 
 pixels. Answers are cached in predict's work store under the teacher cache key, so a
 resumed predict asks nothing twice (and a run's labeling answers would be reused).
 
-It implements finetune.predict.BoxSource (structurally: `finetune` and `teacher_labeling`
+It implements toolkit.protocols.BoxSource (the core's: `finetune` and `teacher_labeling`
 never import each other).
 """
 
@@ -33,6 +33,7 @@ from teacher_labeling.teachers import (
 from toolkit.boxes import Box
 from toolkit.config import prepare_config_data, read_yaml_config
 from toolkit.errors import CroptuneError
+from toolkit.protocols import ItemPhotos
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import ItemRow, RunStore
 
@@ -102,18 +103,12 @@ class TeacherBoxes:
         """Fail before the first item when the key variable is missing."""
         self.teacher.check_ready()
 
-    def boxes(
-        self,
-        item: ItemRow,
-        images: dict[int, Image.Image],
-        hashes: dict[int, str],
-        store: RunStore,
-    ) -> list[Box]:
+    def boxes(self, photos: ItemPhotos) -> list[Box]:
         """The teacher's boxes on every photo of an item (asked concurrently, cached)."""
         if self._loop is None:
             # One loop for the whole run: the teacher's HTTP client and limiters live in it.
             self._loop = asyncio.new_event_loop()
-        per_image = self._loop.run_until_complete(self._item_boxes(item, images, hashes, store))
+        per_image = self._loop.run_until_complete(self._item_boxes(photos))
         boxes: list[Box] = []
         for result in per_image:
             if isinstance(result, BaseException):
@@ -121,13 +116,8 @@ class TeacherBoxes:
             boxes += result
         return boxes
 
-    async def _item_boxes(
-        self,
-        item: ItemRow,
-        images: dict[int, Image.Image],
-        hashes: dict[int, str],
-        store: RunStore,
-    ) -> list[list[Box] | BaseException]:
+    async def _item_boxes(self, photos: ItemPhotos) -> list[list[Box] | BaseException]:
+        item, images, hashes, store = photos.item, photos.images, photos.hashes, photos.store
         return await asyncio.gather(
             *(
                 self._image_boxes(item, index, images[index], hashes[index], store)

@@ -5,7 +5,7 @@ where, which key variable, how hard it may be pushed, how images are sent), one 
 its request engine (`build_engine`), one readiness check (`check_ready`) and one image
 encoding (`image_part`, cached by pixel hash in `ENCODED_IMAGES`). `TeacherConfig`,
 `EndpointConfig` and the judge's `JudgeEndpointConfig` extend `EndpointSettings` with the
-keys only they use.
+keys only they use (the teacher and the judge, both asked for JSON, through `AnsweringSettings`).
 """
 
 from __future__ import annotations
@@ -60,6 +60,23 @@ class EndpointSettings(BaseModel):
                 "not the key itself"
             )
         return self
+
+
+class AnsweringSettings(EndpointSettings):
+    """An endpoint asked for a JSON answer (a teacher, the judge): its answer format and size."""
+
+    structured_output: bool = Field(
+        True,
+        description="Send the answer's keys as a strict json_schema response_format (OpenAI "
+        "structured outputs; vLLM guided decoding): a teacher's attribute schema, the judge's "
+        "claim keys. Off for servers without it.",
+    )
+    expected_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Answer tokens assumed by --dry-run and the token rate limit (default: "
+        "teachers 400 attributes, 300 boxes; the judge 16 per claim + 16)",
+    )
 
 
 class EncodedImages:

@@ -127,6 +127,20 @@ class EndpointBackend:
         self._checked = False
         self.asked = 0
 
+    def identity(self) -> dict[str, Any]:
+        """What identifies its answers: the server, the model and the request settings (never
+        the key)."""
+        c = self.config
+        endpoint = [
+            c.base_url,
+            c.model,
+            c.max_tokens,
+            c.temperature,
+            c.image_format,
+            c.jpeg_quality,
+        ]
+        return {"kind": self.kind, "name": self.name, "endpoint": endpoint}
+
     def prepare(self) -> None:
         """Check the key variable before anything is sent."""
         self.check_ready()

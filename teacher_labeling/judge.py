@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from teacher_labeling.client import EndpointSettings, build_engine, check_ready, user_message
+from teacher_labeling.client import (
+    AnsweringSettings,
+    build_engine,
+    check_ready,
+    user_message,
+)
 from teacher_labeling.cost import image_tokens, text_tokens
 from teacher_labeling.parse import AnswerParseError, extract_json
 from toolkit.config import load_stage_config
@@ -75,20 +80,10 @@ Extracted values:
 _BUCKET_SPELLING = re.compile(r"[\s-]+")
 
 
-class JudgeEndpointConfig(EndpointSettings):
+class JudgeEndpointConfig(AnsweringSettings):
     """The judge's OpenAI-compatible endpoint: a teacher's endpoint keys, and its answer format."""
 
     name: str = Field(JUDGE_NAME, description="Name used in messages")
-    structured_output: bool = Field(
-        True,
-        description="Send the claim keys as a strict json_schema response_format (OpenAI "
-        "structured outputs; vLLM guided decoding). Off for servers without it.",
-    )
-    expected_output_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Answer tokens assumed for the token rate limit (default: 16 per claim + 16)",
-    )
 
 
 class JudgeConfig(BaseModel):

@@ -129,42 +129,34 @@ def label_items(
     relabel: bool = False,
 ) -> LabelSummary:
     """Label (or relabel) the store's items with every teacher; finished requests are never asked again."""
-    return asyncio.run(label_items_async(store, teachers, limit, progress, prices, fusion, relabel))
-
-
-async def label_items_async(
-    store: RunStore,
-    teachers: list[Teacher],
-    limit: int | None = None,
-    progress: bool = False,
-    prices: dict[str, Price] | None = None,
-    fusion: FusionConfig | None = None,
-    relabel: bool = False,
-) -> LabelSummary:
-    """The label stage as a coroutine (see label_items)."""
     if relabel:
         teachers = [t for t in teachers if t.does_attributes]
     items = store.items(limit=limit)
-    workers = max(1, min(MAX_WORKERS, sum(t.config.max_concurrency for t in teachers)))
     description = "relabel" if relabel else "label"
     with ProgressBar(description, len(items), progress, money=True) as bar:
         run = _LabelRun(store, teachers, prices or {}, fusion or FusionConfig(), int(relabel), bar)
-        queue = iter(items)
-
-        async def worker() -> None:
-            for item in queue:  # one shared iterator: each item goes to exactly one worker
-                await _label_item(run, item, relabel)
-                run.summary.items += 1
-                bar.advance(spend=run.summary.usd)
-
-        try:
-            await asyncio.gather(*(worker() for _ in range(min(workers, len(items) or 1))))
-        finally:
-            for teacher in teachers:
-                await teacher.close()
+        asyncio.run(_label_all(run, items, relabel))
     if not relabel and len([t for t in teachers if t.does_boxes]) >= 2:
         run.summary.agreement = _agreement(store, teachers, run.fusion)
     return run.summary
+
+
+async def _label_all(run: _LabelRun, items: list[ItemRow], relabel: bool) -> None:
+    """Every item through a pool of workers sized to the teachers' concurrency; teachers closed after."""
+    workers = max(1, min(MAX_WORKERS, sum(t.config.max_concurrency for t in run.teachers)))
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:  # one shared iterator: each item goes to exactly one worker
+            await _label_item(run, item, relabel)
+            run.summary.items += 1
+            run.bar.advance(spend=run.summary.usd)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(workers, len(items) or 1))))
+    finally:
+        for teacher in run.teachers:
+            await teacher.close()
 
 
 async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool) -> None:

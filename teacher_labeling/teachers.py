@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from teacher_labeling.client import (
     ENCODED_IMAGES,
-    EndpointSettings,
+    AnsweringSettings,
     build_engine,
     check_ready,
     user_message,
@@ -45,7 +45,7 @@ class NotBuiltError(CroptuneError):
     """A documented capability that this version of croptune does not have yet."""
 
 
-class TeacherConfig(EndpointSettings):
+class TeacherConfig(AnsweringSettings):
     """One teacher: what it labels, where it is served, how hard it may be pushed."""
 
     name: str = Field(description="Free name, recorded as the source of its boxes and labels")
@@ -63,16 +63,6 @@ class TeacherConfig(EndpointSettings):
     coords: Coords = Field("pixels", description="Box convention of the teacher's answers")
     min_pixels: int = Field(QWEN_MIN_PIXELS, description="qwen2.5-vl: server processor min_pixels")
     max_pixels: int = Field(QWEN_MAX_PIXELS, description="qwen2.5-vl: server processor max_pixels")
-    structured_output: bool = Field(
-        True,
-        description="Attributes teachers: send the schema as a strict json_schema response_format "
-        "(OpenAI structured outputs; vLLM guided decoding). Off for servers without it.",
-    )
-    expected_output_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Answer tokens assumed by --dry-run (default: 400 attributes, 300 boxes)",
-    )
 
 
 class FusionConfig(BaseModel):
@@ -213,7 +203,11 @@ class Teacher(ABC):
             prompt=attributes_prompt(self.schema, listing_text(item.title, item.text)),
             images=images,
             image_hashes=hashes,
-            parameters={"task": "attributes", **self._parameters()},
+            parameters={
+                "task": "attributes",
+                **self._parameters(),
+                **self._item_parameters(item, None),
+            },
         )
 
     def boxes_request(
@@ -232,6 +226,7 @@ class Teacher(ABC):
         if config.coords == "qwen2.5-vl":
             # The sent size follows these limits: they are part of the question.
             parameters["pixels"] = [config.min_pixels, config.max_pixels]
+        parameters.update(self._item_parameters(item, index))
         return TeacherRequest(
             teacher=self.name,
             model=config.model,
@@ -260,6 +255,11 @@ class Teacher(ABC):
         if self.config.image_format != "jpeg":  # keys of JPEG-era answers stay as they were
             parameters["image_format"] = self.config.image_format
         return parameters
+
+    def _item_parameters(self, item: ItemRow, index: int | None) -> dict[str, Any]:
+        """What of the item itself is part of a question (index None: the attributes one);
+        nothing by default: a question is its model, prompt, images and settings."""
+        return {}
 
     @abstractmethod
     async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
@@ -301,28 +301,13 @@ class ReferenceTeacher(Teacher):
 
     # Its answer is the item's own labels, so they are part of the question: a photo two
     # listings share gets each listing's boxes, not whichever listing was asked first.
-    def attributes_request(
-        self, item: ItemRow, images: list[Image.Image], hashes: list[str]
-    ) -> TeacherRequest:
-        """The whole-item question, keyed by the item's reference attributes too."""
-        request = super().attributes_request(item, images, hashes)
-        request.parameters["reference"] = _digest(item.reference_attributes)
-        return request
-
-    def boxes_request(
-        self,
-        item: ItemRow,
-        index: int,
-        image: Image.Image | None,
-        image_hash: str,
-        original_size: tuple[int, int] | None = None,
-    ) -> TeacherRequest:
-        """The one-image question, keyed by the item's reference boxes on that photo too."""
-        request = super().boxes_request(item, index, image, image_hash, original_size)
+    def _item_parameters(self, item: ItemRow, index: int | None) -> dict[str, Any]:
+        """The item's reference attributes (index None) or its reference boxes on that photo."""
+        if index is None:
+            return {"reference": _digest(item.reference_attributes)}
         own = [[box["xyxy"], box.get("label", "")] for box in item.reference_boxes
                if box["image"] == index]  # fmt: skip
-        request.parameters["reference"] = _digest(own)
-        return request
+        return {"reference": _digest(own)}
 
     async def answer(self, request: TeacherRequest, item: ItemRow) -> TeacherAnswer:
         """The item's reference attributes, or the reference boxes of the requested image."""

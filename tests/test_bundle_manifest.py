@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from croptune.pipeline import open_model
+from croptune.models import open_model
 from finetune.models import model_kind, student_weights
 from finetune.predict import load_bundle
+from tests.bundles import manifest_data as bundle_manifest
+from tests.bundles import write_manifest
 from toolkit.bundle import BundleManifest, read_manifest
 from toolkit.crops import CropConfig
 from toolkit.errors import CroptuneError
-from toolkit.schema import extraction_prompt, load_schema
+from toolkit.schema import load_schema
 
 # The top-level keys `croptune export` wrote before the manifest was typed: bundles on disk,
 # docs/serving.md's client and vLLM tests read them, so the typed model writes the same.
@@ -30,30 +32,7 @@ EXPORT_KEYS = [
 
 def manifest_data() -> dict:
     """A croptune.yaml with every key predict reads (as tests/test_predict.py writes it)."""
-    schema = load_schema("compliance")
-    return {
-        "croptune_version": "test",
-        "base_model": "org/base",
-        "lora_name": "croptune-tiny",
-        "prompt": {
-            "instructions": extraction_prompt(schema),
-            "originals_max_side": 1024,
-            "decoding": {"temperature": 0, "max_new_tokens": 64},
-        },
-        "schema": schema.model_dump(mode="json"),
-        "crop": CropConfig().model_dump(mode="json"),
-        "dataset": {"strategy": "originals+crops", "max_image_side": 1024},
-        "image_budget": 5,
-        "image_tokens": 16,
-        "box_source": "none",
-        "detector": None,
-    }
-
-
-def write_manifest(folder: Path, data: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "croptune.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
+    return bundle_manifest(base_model="org/base", budget=5)
 
 
 def _drop(data: dict, dotted: str) -> None:

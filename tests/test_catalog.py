@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import toolkit.catalog
+import toolkit.catalog.checks
+import toolkit.catalog.ingest
 from toolkit.catalog import (
     Catalog,
     Problem,
@@ -737,7 +738,8 @@ def test_second_ingest_of_unchanged_catalog_decodes_nothing(
         def refuse(uri: str, **kwargs: object) -> None:
             raise AssertionError(f"decoded {uri} again")
 
-        monkeypatch.setattr(toolkit.catalog, "load_image", refuse)
+        monkeypatch.setattr(toolkit.catalog.checks, "load_image", refuse)
+        monkeypatch.setattr(toolkit.catalog.ingest, "load_image", refuse)
         second = ingest_catalog(_clean_catalog(tmp_path / "cat"), store)
         assert (second.stored, second.unchanged, second.dropped) == (0, 3, 0)
         assert second.problems == []
@@ -750,13 +752,14 @@ def test_changed_title_reingests_only_that_item(
     with RunStore(tmp_path / "run") as store:
         ingest_catalog(_clean_catalog(tmp_path / "cat"), store)
         decoded: list[str] = []
-        real = toolkit.catalog.load_image
+        real = toolkit.catalog.checks.load_image
 
         def counting(uri: str, **kwargs: Any) -> Any:
             decoded.append(Path(uri).name)
             return real(uri, **kwargs)
 
-        monkeypatch.setattr(toolkit.catalog, "load_image", counting)
+        monkeypatch.setattr(toolkit.catalog.checks, "load_image", counting)
+        monkeypatch.setattr(toolkit.catalog.ingest, "load_image", counting)
         summary = ingest_catalog(_clean_catalog(tmp_path / "cat", title_b2="Mug, 350 ml"), store)
 
         assert (summary.stored, summary.unchanged, summary.dropped) == (1, 2, 0)

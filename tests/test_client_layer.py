@@ -33,6 +33,7 @@ from tests.fake_openai import FakeOpenAI, FixedAnswer, RedSquareBoxes
 from tests.test_openai_teacher import PHOTOS, _write_catalog
 from toolkit.catalog import ingest_catalog, load_catalog, load_ingested_image
 from toolkit.errors import CroptuneError
+from toolkit.protocols import ItemPhotos
 from toolkit.schema import load_schema
 from toolkit.store import ItemRow, RunStore
 
@@ -218,7 +219,7 @@ def test_labeling_and_the_teacher_box_source_share_one_question(tmp_path):
                 rows = [r for r in store.images(item.item_id) if r.usable]
                 images = {r.index: load_ingested_image(r) for r in rows}
                 hashes = {r.index: r.sha256 or "" for r in rows}
-                predicted = source.boxes(item, images, hashes, store)
+                predicted = source.boxes(ItemPhotos(item, images, hashes, store))
                 labeled = [b for _, b in store.boxes(item.item_id)]
                 assert [b.xyxy for b in predicted] == [b.xyxy for b in labeled]
         finally:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from croptune.cli import _STAGES, _stage_configs
+from croptune.cli.config import STAGES, stage_configs
 from finetune.detector import DetectorConfig
 from finetune.train import TrainConfig, load_train_config, save_train_config
 from teacher_labeling.endpoint import EndpointConfig
@@ -43,7 +43,7 @@ def croptune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 # ------------------------------------------------------------------------- help text
 
 EVERY_CONFIG = sorted(
-    {cls for stage in _STAGES for _, cls in _stage_configs(stage)}, key=lambda c: c.__name__
+    {cls for stage in STAGES for _, cls in stage_configs(stage)}, key=lambda c: c.__name__
 )
 
 
@@ -67,8 +67,8 @@ def test_a_key_without_help_is_found_nested_too():
 
 
 def test_every_stage_has_a_config():
-    assert set(_STAGES) == {"label", "crop", "dataset", "train", "detector", "evaluate", "predict"}
-    assert all(_stage_configs(stage) for stage in _STAGES)
+    assert set(STAGES) == {"label", "crop", "dataset", "train", "detector", "evaluate", "predict"}
+    assert all(stage_configs(stage) for stage in STAGES)
 
 
 # ----------------------------------------------------------------------- config show
@@ -101,7 +101,7 @@ def test_config_show_lists_every_key_with_type_default_and_help(stage, lines):
     for line in lines:
         assert any(o.startswith(line) for o in out), (line, result.stdout[:2000])
     # every key of every config of the stage is there
-    for _, cls in _stage_configs(stage):
+    for _, cls in stage_configs(stage):
         for key in config_keys(cls):
             assert any(o.startswith(f"{key.key}  (") for o in out), key.key
 

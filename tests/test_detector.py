@@ -16,15 +16,14 @@ from PIL import Image
 
 from finetune.detector import (
     DETECTOR_SOURCE,
-    REGION_CLASS,
     DetectorConfig,
-    box_selector,
-    boxes_from_result,
     load_detector,
-    model_input,
     predict_boxes,
     train_detector,
 )
+from finetune.detector.config import REGION_CLASS
+from finetune.detector.data import box_selector
+from finetune.detector.load import boxes_from_result, model_input
 from toolkit.boxes import Box
 from toolkit.config import load_stage_config
 from toolkit.crops import FUSED_SOURCE
@@ -413,7 +412,7 @@ def _greedy_matches(proposed: list[Box], truth: list[Box]) -> int:
 def test_every_summary_figure_is_of_the_kept_weights_at_predicts_threshold(trained):
     from supervision.metrics import MeanAveragePrecision
 
-    from finetune.detector import MAP_CONF
+    from finetune.detector.config import MAP_CONF
     from toolkit.catalog import load_ingested_image
 
     out = trained["out"]

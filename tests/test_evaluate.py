@@ -12,7 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from croptune.pipeline import open_model, run_evaluate
+from croptune.models import open_model
+from croptune.pipeline import run_evaluate
 from finetune.evaluate import latency_stats
 from tests.fake_openai import ChatRequest, FailThen, FakeOpenAI, Reply, mean_rgb
 from toolkit.errors import CroptuneError
@@ -563,3 +564,22 @@ def test_model_values_resolve_to_backends(tmp_path, layout, expected):
 )
 def test_latency_stats(seconds, expected):
     assert latency_stats(seconds) == expected
+
+
+@pytest.mark.parametrize("content", [None, "not arrow"], ids=["empty-folder", "other-files"])
+def test_a_folder_that_is_no_saved_dataset_is_named_by_evaluate_and_catalog_alike(
+    tmp_path, content
+):
+    # Caught: evaluate and the catalog reader each caught load_from_disk's errors by hand
+    # (toolkit.saved_dataset now serves both); one catching fewer types would crash instead.
+    from finetune.evaluate import load_split
+    from toolkit.catalog import load_catalog
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if content is not None:
+        (folder / "data.txt").write_text(content)
+    with pytest.raises(CroptuneError, match="is not a dataset folder written by `croptune dataset"):
+        load_split(folder)
+    with pytest.raises(CroptuneError, match="is not a dataset saved with save_to_disk"):
+        load_catalog(folder)

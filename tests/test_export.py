@@ -22,6 +22,7 @@ from finetune.export.lint import LintProblem, lint_adapter
 from finetune.export.manifest import base_model_id
 from finetune.export.writer import export_bundle
 from tests.fake_openai import FakeOpenAI, FixedAnswer
+from tests.training import random_rows
 from toolkit.errors import CroptuneError
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
@@ -44,25 +45,6 @@ def _prompt(title: str | None) -> str:
     return extraction_prompt(_schema(), listing_text(title, None))
 
 
-def _rows(rng: random.Random, n: int, offset: int) -> list[dict]:
-    from toolkit.dataset import example_row
-
-    rows = []
-    for i in range(n):
-        images = [
-            Image.new(
-                "RGB",
-                (rng.randint(32, 160), rng.randint(32, 160)),
-                tuple(rng.randint(0, 255) for _ in range(3)),
-            )
-            for _ in range(rng.randint(2, 3))
-        ]
-        answer = json.dumps({"attributes": {"brand": f"Acme {offset + i}", "color": "red"}})
-        row = example_row(images, _prompt(f"Kettle {offset + i}"), answer)
-        rows.append({"item_id": f"A{offset + i}", "category": "", **row})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved DatasetDict plus the croptune_dataset.json that `dataset build` writes."""
@@ -73,7 +55,10 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     rng = random.Random(0)
     splits = {"train": 6, "test": 2}
-    rows = {name: _rows(rng, n, 100 * k) for k, (name, n) in enumerate(splits.items())}
+    rows = {
+        name: random_rows(rng, n, 100 * k, lambda i: _prompt(f"Kettle {i}"), max_images=3)
+        for k, (name, n) in enumerate(splits.items())
+    }
     folder = tmp_path_factory.mktemp("dataset")
     DatasetDict(
         {name: Dataset.from_list(r, features=dataset_features()) for name, r in rows.items()}

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,11 +17,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.label_runs import CROPTUNE, label_command, stored_requests
 from toolkit.images import encode_jpeg, load_image
 from toolkit.store import RunStore
 
 ROOT = Path(__file__).parent.parent
-CROPTUNE = str(Path(sys.executable).parent / "croptune")
 SECRET = "sk-test-SECRET-f00dcafe1234"
 
 
@@ -92,15 +91,7 @@ def _sent_hash(uri: str) -> str:
 
 def _answered(run: Path) -> set[str]:
     """Items whose boxes answer is stored, read without disturbing the writer."""
-    if not (run / "run.sqlite").exists():
-        return set()
-    conn = sqlite3.connect(f"file:{run / 'run.sqlite'}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT item_id FROM requests WHERE status='ok'").fetchall()
-    except sqlite3.OperationalError:
-        rows = []
-    conn.close()
-    return {r[0] for r in rows}
+    return {r[0] for r in stored_requests(run, "item_id", "status='ok'")}
 
 
 def test_killed_label_run_resumes_and_never_asks_finished_work_again(tmp_path, server):
@@ -108,16 +99,7 @@ def test_killed_label_run_resumes_and_never_asks_finished_work_again(tmp_path, s
     catalog = _catalog(tmp_path / "catalog", 40)
     config = _config(tmp_path / "label.yaml", base_url)
     run = tmp_path / "run"
-    command = [
-        CROPTUNE,
-        "--no-progress",
-        "label",
-        str(catalog),
-        "--config",
-        str(config),
-        "--run",
-        str(run),
-    ]
+    command = label_command(catalog, config, run)
 
     first = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -189,7 +171,7 @@ def test_wrong_key_stops_with_one_message_and_exit_1(tmp_path, server):
     config = _config(tmp_path / "label.yaml", base_url)
     env = {**os.environ, "CROPTUNE_TEST_KEY": "sk-wrong"}
     result = subprocess.run(
-        [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run", str(tmp_path / "run")],
+        label_command(catalog, config, tmp_path / "run"),
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1
@@ -231,8 +213,7 @@ def test_dry_run_says_price_unknown_for_a_model_without_a_price(tmp_path, server
         data = yaml.safe_load(config.read_text())
         config.write_text(yaml.safe_dump({**data, "prices": prices}))
     result = subprocess.run(
-        [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run",
-         str(tmp_path / "run"), "--dry-run"],
+        [*label_command(catalog, config, tmp_path / "run"), "--dry-run"],
         env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -307,8 +288,7 @@ def test_dry_run_checks_the_endpoint_like_a_real_run(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     config = _config(tmp_path / "label.yaml", url)
     result = subprocess.run(
-        [CROPTUNE, "--no-progress", "label", str(catalog), "--config", str(config), "--run",
-         str(tmp_path / "run"), "--dry-run"],
+        [*label_command(catalog, config, tmp_path / "run"), "--dry-run"],
         env=_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1

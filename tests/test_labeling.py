@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -191,6 +192,47 @@ def test_cache_key_depends_on_model_prompt_images_and_parameters():
         ),
     ):
         assert changed.cache_key != key
+
+
+def test_reference_keys_come_from_one_item_hook_and_stay_as_they_were():
+    # Both requests of the reference teacher add the item's own labels through one hook
+    # (Teacher._item_parameters); its keys are those runs already cached answers under.
+    from toolkit.store import ItemRow
+
+    item = ItemRow(
+        item_id="A", title="t", category=None, text="x", reference_attributes={"a": 1},
+        reference_boxes=[{"image": 0, "xyxy": [1, 2, 3, 4], "label": "m"},
+                         {"image": 1, "xyxy": [5, 6, 7, 8]}],
+    )  # fmt: skip
+    photo = Image.new("RGB", (10, 10))
+    reference = ReferenceTeacher(
+        TeacherConfig(name="r", kind="reference", role="both"), load_schema()
+    )
+    keys = [reference.attributes_request(item, [photo], ["h"]).cache_key] + [
+        reference.boxes_request(item, index, photo, "h", (10, 10)).cache_key for index in (0, 1)
+    ]
+    assert [key[:16] for key in keys] == [
+        "a5038290a7fa5e5c",
+        "e96099c614764f51",
+        "128f6df6e0d02b6d",
+    ]
+    relabeled = dataclasses.replace(item, reference_attributes={"a": 2})
+    assert reference.attributes_request(relabeled, [photo], ["h"]).cache_key != keys[0]
+    # A teacher that does not answer from the item's labels is not keyed by them.
+    api = build_teacher(
+        TeacherConfig(name="g", role="both", model="m", api_key_env="X"), load_schema()
+    )
+    assert (
+        api.attributes_request(item, [photo], ["h"]).cache_key
+        == api.attributes_request(relabeled, [photo], ["h"]).cache_key
+    )
+    assert api.boxes_request(item, 0, photo, "h", (10, 10)).parameters.keys() == {
+        "task",
+        "coords",
+        "temperature",
+        "max_tokens",
+        "endpoint",
+    }
 
 
 def test_label_config_rules():

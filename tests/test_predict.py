@@ -22,6 +22,7 @@ from finetune.predict import (
 from teacher_labeling.box_source import TeacherBoxes, box_teacher_config
 from teacher_labeling.endpoint import EndpointBackend, EndpointConfig
 from teacher_labeling.teachers import TeacherConfig
+from tests.bundles import manifest_data, write_manifest
 from tests.fake_openai import ChatRequest, FakeOpenAI, FixedAnswer, RedSquareBoxes, Reply
 from toolkit.crops import CropConfig
 from toolkit.errors import CroptuneError
@@ -48,29 +49,10 @@ def write_bundle(
     **extra: object,
 ) -> Path:
     """A bundle's croptune.yaml as `croptune export` writes it (the keys predict reads)."""
-    schema = load_schema("compliance")
-    crop = crop if crop is not None else CropConfig()
-    manifest = {
-        "croptune_version": "test",
-        "base_model": "croptune:tiny",
-        "lora_name": "croptune-tiny",
-        "prompt": {
-            "instructions": extraction_prompt(schema),
-            "originals_max_side": 1024,
-            "decoding": {"temperature": 0, "max_new_tokens": 64},
-        },
-        "schema": schema.model_dump(mode="json"),
-        "crop": crop.model_dump(mode="json"),
-        "dataset": {"strategy": strategy, "max_image_side": 1024},
-        "image_budget": budget,
-        "image_tokens": 16,
-        "box_source": box_source,
-        "detector": None,
-        **extra,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "croptune.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return folder
+    data = manifest_data(
+        crop=crop, strategy=strategy, budget=budget, box_source=box_source, **extra
+    )
+    return write_manifest(folder, data)
 
 
 def photo(
@@ -119,6 +101,12 @@ class Recording:
     def __init__(self, inner) -> None:
         self.inner, self.examples = inner, []
         self.name, self.kind = inner.name, inner.kind
+
+    def identity(self) -> dict:
+        return self.inner.identity()
+
+    def check_ready(self) -> None:
+        self.inner.check_ready()
 
     def prepare(self) -> None:
         self.inner.prepare()
@@ -692,3 +680,53 @@ def test_end_to_end_label_crop_detector_dataset_train_export_predict(tmp_path, m
         cli.main()
     again = json.loads((default_workdir(out) / STATS_FILE).read_text())
     assert again["resumed"] == 6 - failed and again["processed_this_run"] == failed
+
+
+# ---------------------------------------------------------------------- backend identity
+
+
+def _backend_key_before_identity(backend) -> dict:
+    """predict's backend_key as it was before the backends said who they are (getattr over
+    model/adapter/config fields): the key every existing work folder was written under."""
+    key = {"kind": backend.kind, "name": backend.name}
+    for attr in ("model", "adapter", "max_new_tokens"):
+        if getattr(backend, attr, None) is not None:
+            key[attr] = str(getattr(backend, attr))
+    config = getattr(backend, "config", None)
+    if config is not None:
+        names = ("base_url", "model", "max_tokens", "temperature", "image_format", "jpeg_quality")
+        key["endpoint"] = [getattr(config, name, None) for name in names]
+    return key
+
+
+def _backend(which: str, tmp_path: Path):
+    from finetune.infer import TransformersBackend
+
+    if which == "tiny":
+        return TransformersBackend("croptune:tiny")
+    if which == "base+adapter":
+        adapter = tmp_path / "adapter"
+        return TransformersBackend("org/base", adapter, name="student", max_new_tokens=77)
+    if which == "endpoint":
+        return EndpointBackend(EndpointConfig(model="croptune", base_url="http://127.0.0.1:9/v1"))
+    config = EndpointConfig(
+        name="hosted", model="m", base_url="http://h/v1", api_key_env="SECRET_KEY",
+        image_format="jpeg", jpeg_quality=80, temperature=0.2,
+    )  # fmt: skip
+    return EndpointBackend(config, max_new_tokens=99)
+
+
+@pytest.mark.parametrize("which", ["tiny", "base+adapter", "endpoint", "endpoint-settings"])
+def test_backend_identity_is_the_key_existing_work_folders_were_written_under(
+    tmp_path, monkeypatch, which
+):
+    # Caught: a backend identity that differs from predict's old getattr key would make every
+    # existing work folder ask all its finished items again; a key in it would leak the secret.
+    from finetune.predict.predictor import _sha
+
+    monkeypatch.setenv("SECRET_KEY", "sk-very-secret")
+    backend = _backend(which, tmp_path)
+    assert backend.identity() == _backend_key_before_identity(backend)
+    assert _sha(backend.identity()) == _sha(_backend_key_before_identity(backend))
+    assert "sk-very-secret" not in json.dumps(backend.identity(), default=str)
+    assert "SECRET_KEY" not in json.dumps(backend.identity(), default=str)

@@ -39,7 +39,8 @@ def _dataset_splits(store: RunStore, out: Path, **settings) -> dict[str, str]:
 
 def _detector_splits(store: RunStore, out: Path, **settings) -> tuple[set[str], set[str]]:
     """(train items, held-out items) of the data `detector train` would fit on."""
-    from finetune.detector import DetectorConfig, DetectorSummary, detector_dataset
+    from finetune.detector import DetectorConfig, DetectorSummary
+    from finetune.detector.data import detector_dataset
 
     summary = DetectorSummary(out_dir=out)
     detector_dataset(store, out / "dataset", DetectorConfig(**settings), summary)

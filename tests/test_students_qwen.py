@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydantic import ValidationError
-from transformers import TrainerCallback
 
 from finetune.students import load_preset, resolve_student
 from finetune.students.lora import LORA_TARGETS, lora_targets
 from finetune.students.presets import QWEN_PIXELS_PER_TOKEN, StudentPreset
 from finetune.train import TrainConfig, load_train_config
+from tests.training import Snapshots
 from toolkit.errors import CroptuneError
 
 ANSWER = (
@@ -441,16 +441,6 @@ def test_explicit_lora_target_overrides_adapt():
 
 
 # --------------------------------------------------------------------------- training
-
-
-class Snapshots(TrainerCallback):
-    """Copies the model's weights before and after training."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

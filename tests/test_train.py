@@ -10,36 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from transformers import TrainerCallback
 
 from finetune.train import TrainConfig, load_train_config
 from finetune.train.config import LANGUAGE_MODEL_LORA_TARGET, VLLM_MAX_LORA_RANKS
+from tests.training import Snapshots, random_rows
 from toolkit.errors import CroptuneError
 
 PROMPT = "Read the printed text on the photos. Answer with one JSON object."
 STEPS = 6
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
-
-
-def _rows(rng: random.Random, n: int, offset: int) -> list[dict]:
-    from toolkit.dataset import example_row
-
-    rows = []
-    for i in range(n):
-        images = [
-            Image.new(
-                "RGB",
-                (rng.randint(32, 160), rng.randint(32, 160)),
-                tuple(rng.randint(0, 255) for _ in range(3)),
-            )
-            for _ in range(rng.randint(2, 4))
-        ]
-        answer = json.dumps({"attributes": {"brand": f"Acme {offset + i}", "color": "red"}})
-        rows.append(
-            {"item_id": f"A{offset + i}", "category": "", **example_row(images, PROMPT, answer)}
-        )
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -52,23 +31,16 @@ def dataset_dir(tmp_path_factory) -> Path:
     splits = {"train": 6, "validation": 2, "test": 3}
     data = DatasetDict(
         {
-            name: Dataset.from_list(_rows(rng, n, 100 * k), features=dataset_features())
+            name: Dataset.from_list(
+                random_rows(rng, n, 100 * k, lambda _: PROMPT, max_images=4),
+                features=dataset_features(),
+            )
             for k, (name, n) in enumerate(splits.items())
         }
     )
     folder = tmp_path_factory.mktemp("dataset")
     data.save_to_disk(folder)
     return folder
-
-
-class Snapshots(TrainerCallback):
-    """Copies the model's weights before and after training."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ BASE_NAME = "croptune:tiny"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """`croptune demo`: catalog, run, dataset, trained adapter, bundle (the tiny base inside)."""
-    from croptune.pipeline import run_demo
+    from croptune.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo"), n_items=30, max_steps=60)
 
@@ -423,6 +423,9 @@ class _NamedBackend:
 
     kind = "endpoint"
     name = "unused"
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "name": self.name}
 
 
 # --------------------------------------------------------------------------- several adapters

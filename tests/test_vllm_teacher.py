@@ -8,9 +8,7 @@ formats, a server killed mid-run and started again), never what the boxes say.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.label_runs import CROPTUNE, label_command, stored_requests
 from tests.vllm_server import VLLMServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-CROPTUNE = str(Path(sys.executable).parent / "croptune")
 QWEN = "tiny-qwen"
 CHAT_LINE = '"POST /v1/chat/completions HTTP/1.1"'
 
@@ -71,16 +69,7 @@ def teacher(server: VLLMServer, **changes: Any) -> dict[str, Any]:
 
 def label(catalog: Path, config: Path, run: Path, **popen: Any) -> Any:
     """`croptune label` as a user runs it."""
-    command = [
-        CROPTUNE,
-        "--no-progress",
-        "label",
-        str(catalog),
-        "--config",
-        str(config),
-        "--run",
-        str(run),
-    ]
+    command = label_command(catalog, config, run)
     if popen:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -88,18 +77,7 @@ def label(catalog: Path, config: Path, run: Path, **popen: Any) -> Any:
 
 def requests_table(run: Path) -> dict[str, tuple[str, str | None, float]]:
     """cache key -> (status, response, time stored), read without disturbing a writer."""
-    path = run / "run.sqlite"
-    if not path.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT cache_key, status, response, created_at FROM requests"
-        ).fetchall()
-    except sqlite3.OperationalError:
-        rows = []
-    finally:
-        conn.close()
+    rows = stored_requests(run, "cache_key, status, response, created_at")
     return {key: (status, response, stamp) for key, status, response, stamp in rows}
 
 

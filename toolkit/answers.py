@@ -1,17 +1,16 @@
-"""The contract between evaluation and whatever answers prompts: in-process model or endpoint.
+"""What answering a prompt deals in: an example, a generated answer, and the one parser of
+model answers. The contract of the backends that answer is toolkit.protocols.AnswerBackend.
 
 It lives in toolkit core because both `finetune` (transformers in-process) and
-`teacher_labeling` (OpenAI-compatible endpoints) implement it, and neither may import
-the other.
+`teacher_labeling` (OpenAI-compatible endpoints) answer, and neither may import the other.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 # One question: the images in the order their placeholders appear in the messages, and the
 # chat messages (a dataset row's `prompt`: `{"type": "image"}` parts, then the text).
@@ -27,25 +26,6 @@ class GeneratedAnswer:
     error: str | None = None
     cached: bool = False  # answered from a cache: `seconds` is the original request's
     stopped: str | None = None  # why generation was cut short, e.g. a runaway repetition
-
-
-class AnswerBackend(Protocol):
-    """Answers examples in order; one answer per example, failures as `error`, never dropped."""
-
-    name: str
-    kind: str  # "transformers" | "endpoint"
-
-    def prepare(self) -> None:
-        """Load weights or check keys: whatever should not count as answering time."""
-        ...
-
-    def answer(self, examples: Sequence[Example], progress: bool = False) -> list[GeneratedAnswer]:
-        """One answer per example, in the order given."""
-        ...
-
-    def close(self) -> None:
-        """Release the model or connections held."""
-        ...
 
 
 # --------------------------------------------------------------------------- answer parsing

@@ -1,0 +1,250 @@
+"""predict over a catalog: ingest into the work folder, resume, answer in batches, write
+the records (one JSON line per item) and the run's stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from finetune.predict.box_sources import NoBoxes
+from finetune.predict.bundle import Bundle
+from finetune.predict.predictor import STAGES, ItemFailed, Predictor, PreparedItem
+from finetune.predict.stats import STATS_FILE, PredictSummary, log_stats, predict_stats
+from toolkit.catalog import Catalog, CatalogItem, item_fingerprint
+from toolkit.errors import CroptuneError
+from toolkit.files import atomic_write
+from toolkit.images import DEFAULT_MAX_PIXELS
+from toolkit.messages import cause_of
+from toolkit.protocols import AnswerBackend, BoxSource
+from toolkit.store import PREDICT_STAGE, ItemRow, RunStore
+
+logger = logging.getLogger(__name__)
+
+
+def default_workdir(out: Path) -> Path:
+    """The work folder beside --out: preds.jsonl -> preds.work/."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.work" if out.suffix else f"{out.name}.work")
+
+
+def predict_catalog(
+    bundle: Bundle,
+    catalog_path: Path,
+    out: Path,
+    backend: AnswerBackend,
+    box_source: BoxSource | None = None,
+    *,
+    workdir: Path | None = None,
+    batch_size: int = 4,
+    limit: int | None = None,
+    allow_outside: bool = False,
+    columns: dict[str, str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> PredictSummary:
+    """Predict every item of a catalog with a bundle's student; write one JSON line per item.
+
+    A failing item gets an error record ({"item_id", "error", "stage"}) and the rest go on.
+    The work folder (default: beside `out`) is a run store: a re-run skips finished items.
+    on_record is called with each new record once it is stored. columns: croptune field ->
+    the catalog's own column name (as `catalog validate --column`).
+    """
+    from toolkit.catalog import ingest_catalog, load_catalog
+
+    out = Path(out)
+    workdir = Path(workdir) if workdir is not None else default_workdir(out)
+    box_source = box_source or NoBoxes()
+    summary = PredictSummary(out=out, workdir=workdir)
+    started = time.perf_counter()
+    catalog = load_catalog(catalog_path, allow_outside=allow_outside, columns=columns)
+    seconds: dict[str, float] = dict.fromkeys(("ingest", "load", *STAGES), 0.0)
+    per_item: list[dict[str, Any]] = []
+    with RunStore(workdir) as store:
+        store.set_meta("schema_json", bundle.schema.model_dump_json())
+        store.set_meta("catalog", str(Path(catalog_path).resolve()))
+        store.set_meta("bundle", str(bundle.path.resolve()))
+        if bundle.crop is not None:
+            store.set_meta("crop_config_hash", bundle.crop.config_hash())
+            store.set_meta("crop_config", bundle.crop.model_dump_json())
+        clock = time.perf_counter()
+        ingest = ingest_catalog(catalog, store, max_pixels, limit, progress)
+        seconds["ingest"] = time.perf_counter() - clock
+        scope = catalog.items[:limit] if limit is not None else catalog.items
+        records: dict[str, dict[str, Any]] = {}
+        problems = _problem_records(catalog, scope, store, ingest.problems, records)
+
+        predictor = Predictor(bundle, store, backend, box_source)
+        todo: list[ItemRow] = []
+        stored = {row.item_id: row for row in store.items()}
+        for item in scope:
+            if item.item_id in records:
+                continue  # failed at ingest
+            done = predictor.finished(item.item_id)
+            if done is not None:
+                records[item.item_id] = done
+                summary.resumed += 1
+            else:
+                todo.append(stored[item.item_id])
+        if summary.resumed:
+            logger.info(
+                "%d item(s) already predicted in %s: not asked again", summary.resumed, workdir
+            )
+        # This run's lines as the store's outcomes (None: not done yet), for `croptune report`.
+        store.set_outcomes(
+            PREDICT_STAGE,
+            [(item.item_id, records.get(item.item_id)) for item in scope]
+            + [(record["item_id"], record) for record in problems],
+        )
+
+        loop_seconds = 0.0
+        if todo:
+            clock = time.perf_counter()
+            predictor.box_source.prepare()
+            backend.prepare()  # loading weights is not answering time
+            seconds["load"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            try:
+                _run_items(
+                    predictor, todo, batch_size, progress, records, on_record, seconds, per_item
+                )
+            finally:
+                predictor.box_source.close()
+            loop_seconds = time.perf_counter() - clock
+
+    ordered = [records[item.item_id] for item in scope if item.item_id in records] + problems
+    with atomic_write(out) as handle:
+        for record in ordered:
+            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+    summary.items = len(ordered)
+    summary.failures = [r for r in ordered if "error" in r]
+    summary.failed = len(summary.failures)
+    summary.predicted = summary.items - summary.failed
+    for record in ordered:  # the console's summary: no warning lives only in the files
+        for note in record.get("warnings", []) + record.get("notes", []):
+            summary.warnings.setdefault(cause_of(None, note), []).append(record["item_id"])
+    summary.stats = predict_stats(
+        summary, bundle, backend, predictor, seconds, per_item, loop_seconds
+    )
+    summary.stats["wall_seconds"] = round(time.perf_counter() - started, 3)
+    summary.stats_file = workdir / STATS_FILE
+    with atomic_write(summary.stats_file) as handle:
+        handle.write(json.dumps(summary.stats, indent=2) + "\n")
+    log_stats(summary)
+    return summary
+
+
+def _run_items(
+    predictor: Predictor,
+    todo: list[ItemRow],
+    batch_size: int,
+    progress: bool,
+    records: dict[str, dict[str, Any]],
+    on_record: Callable[[dict[str, Any]], None] | None,
+    seconds: dict[str, float],
+    per_item: list[dict[str, Any]],
+) -> None:
+    """Prepare, answer and record the items, batch_size at a time (each item stored at once)."""
+    from toolkit.progress import ProgressBar
+
+    size = max(1, batch_size)
+    with ProgressBar("predict", len(todo), progress) as bar:
+        for start in range(0, len(todo), size):
+            ready: list[PreparedItem] = []
+            for item in todo[start : start + size]:
+                try:
+                    ready.append(predictor.prepare_item(item))
+                except ItemFailed as failure:
+                    failed = predictor.fail(item.item_id, failure)
+                    _emit(predictor.store, failed, records, on_record, bar)
+            if not ready:
+                continue
+            clock = time.perf_counter()
+            answers = predictor.generate(ready)
+            elapsed = time.perf_counter() - clock
+            if len(answers) != len(ready):
+                raise CroptuneError(
+                    f"model {predictor.backend.name!r} returned {len(answers)} answers for "
+                    f"{len(ready)} examples"
+                )
+            for prepared, answer in zip(ready, answers, strict=True):
+                prepared.seconds["generate"] = (
+                    answer.seconds if answer.seconds is not None else elapsed / len(ready)
+                )
+                try:
+                    record = predictor.finish(prepared, answer)
+                except (ItemFailed, ValueError, TypeError, KeyError, RecursionError) as exc:
+                    # An answer no check foresaw fails its item alone; the others go on.
+                    answer_failure = (
+                        exc
+                        if isinstance(exc, ItemFailed)
+                        else ItemFailed("parse", f"{type(exc).__name__}: {exc}"[:500])
+                    )
+                    record = predictor.fail(prepared.item.item_id, answer_failure)
+                    # what the student was shown, to look into a bad answer
+                    record.update(boxes=prepared.record["boxes"], images=prepared.record["images"])
+                for stage in STAGES:
+                    seconds[stage] += prepared.seconds[stage]
+                per_item.append(
+                    {"images": prepared.record["images"], "boxes": len(prepared.record["boxes"]),
+                     "seconds": prepared.seconds}
+                )  # fmt: skip
+                _emit(predictor.store, record, records, on_record, bar)
+
+
+def _emit(
+    store: RunStore,
+    record: dict[str, Any],
+    records: dict[str, dict[str, Any]],
+    on_record: Callable[[dict[str, Any]], None] | None,
+    bar: Any,
+) -> None:
+    records[record["item_id"]] = record
+    store.update_outcome(PREDICT_STAGE, record["item_id"], record)
+    bar.advance()
+    if "error" in record:  # (the CLI prints failures grouped by cause at the end)
+        logger.debug("item %s: %s failed: %s", record["item_id"], record["stage"], record["error"])
+    if on_record is not None:
+        on_record(record)
+
+
+def _problem_records(
+    catalog: Catalog,
+    scope: Sequence[CatalogItem],
+    store: RunStore,
+    ingest_problems: Sequence[Any],
+    records: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Error records of what never reached the store; items dropped at ingest go in records.
+
+    Returns the records of catalog rows that did not load (bad rows, duplicate ids, paths
+    leaving the catalog folder), in the order found.
+    """
+    by_item: dict[str, list[str]] = {}
+    for problem in ingest_problems:
+        if problem.where.startswith("item ") and problem.level == "error":
+            by_item.setdefault(problem.where[5:], []).append(problem.message)
+    for item in scope:
+        resolved = [catalog.resolve(item, ref) for ref in item.images]
+        if store.item_fingerprint(item.item_id) != item_fingerprint(item, resolved):
+            reasons = by_item.get(item.item_id) or ["no usable image"]
+            records[item.item_id] = {
+                "item_id": item.item_id,
+                "error": "; ".join(reasons),
+                "stage": "decode",
+            }
+    loaded = {item.item_id for item in catalog.items}
+    problems = []
+    for problem in catalog.problems:
+        item_id = problem.where[5:] if problem.where.startswith("item ") else None
+        if item_id in loaded and "duplicate item_id" not in problem.message:
+            continue  # a note on an item that loaded (a reference box): not a failure
+        record = {"item_id": item_id, "error": problem.message, "stage": "catalog"}
+        if item_id is None:
+            record["where"] = problem.where
+        problems.append(record)
+    return problems

@@ -1,0 +1,39 @@
+"""For tests that run `croptune label` as a user does: its command line and its stored requests."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+CROPTUNE = str(Path(sys.executable).parent / "croptune")
+
+
+def label_command(catalog: Path, config: Path, run: Path) -> list[str]:
+    """`croptune --no-progress label CATALOG --config CONFIG --run RUN`."""
+    return [
+        CROPTUNE,
+        "--no-progress",
+        "label",
+        str(catalog),
+        "--config",
+        str(config),
+        "--run",
+        str(run),
+    ]
+
+
+def stored_requests(run: Path, columns: str, where: str = "1") -> list[tuple[Any, ...]]:
+    """Rows of a run's requests table, read-only so a running label is not disturbed
+    ([] before the run folder or its table exists)."""
+    path = run / "run.sqlite"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(f"SELECT {columns} FROM requests WHERE {where}").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
