@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from croptune.models import open_model
 from toolkit.catalog import IngestSummary, ingest_catalog, load_catalog
 from toolkit.config import dump_config
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def save_resolved_config(config: Any, path: Path) -> None:
+def save_resolved_config(config: BaseModel, path: Path) -> None:
     """Write a stage's resolved config (paths absolute) as YAML next to what it produced."""
     path.write_text(dump_config(config), encoding="utf-8")
 

@@ -147,7 +147,9 @@ def load_split(dataset_dir: Path, split: str = "test", limit: int | None = None)
     dataset = load_saved_dataset(
         dataset_dir, f"{dataset_dir} is not a dataset folder written by `croptune dataset build`"
     )
-    if not hasattr(dataset, "keys"):
+    from datasets import DatasetDict
+
+    if not isinstance(dataset, DatasetDict):
         raise CroptuneError(f"{dataset_dir} holds a single split; croptune expects a DatasetDict")
     if split not in dataset:
         raise CroptuneError(

@@ -326,53 +326,36 @@ async def _send(
 
 
 def _store_answer(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict) -> None:
-    if pending.request.image is None:
-        _store_attributes(run, item, pending, text, usage)
-    else:
-        _store_boxes(run, item, pending, text, usage)
-
-
-def _store_attributes(
-    run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict
-) -> None:
+    """Parse an answer and store it with its labels or boxes; an unusable one as a failure."""
     teacher, request = pending.teacher, pending.request
+    index = request.image  # None: the whole-item attributes question
+    attributes: dict[str, Any] | None = None
+    boxes: list[Box] | None = None
     try:
-        attributes, notes = parse_attributes(text, teacher.schema)
-    except AnswerParseError as exc:
-        run.store.record_failure(
-            request.cache_key, teacher.name, request.model, item.item_id, None, str(exc), text
-        )
-        run.error(item.item_id, teacher.name, None, f"attributes: {exc}")
-        return
-    for note in notes:
-        run.store.log_event("label", note, "warning", item.item_id, teacher.name)
-        run.summary.warn(teacher.name, note, item.item_id)
-    run.store.record_answer(
-        request.cache_key, teacher.name, request.model, item.item_id, None, text, usage,
-        labels=attributes, generation=run.generation,
-    )  # fmt: skip
-    run.summary.labels += 1
-
-
-def _store_boxes(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict) -> None:
-    teacher, request = pending.teacher, pending.request
-    index = request.image
-    try:
-        boxes, notes = read_boxes(teacher, request, text)
+        if index is None:
+            attributes, notes = parse_attributes(text, teacher.schema)
+        else:
+            boxes, notes = read_boxes(teacher, request, text)
     except AnswerParseError as exc:
         run.store.record_failure(
             request.cache_key, teacher.name, request.model, item.item_id, index, str(exc), text
         )
-        run.error(item.item_id, teacher.name, index, f"boxes: {exc}")
+        what = "attributes" if index is None else "boxes"
+        run.error(item.item_id, teacher.name, index, f"{what}: {exc}")
         return
     for note in notes:
         run.store.log_event("label", note, "warning", item.item_id, teacher.name, index)
         run.summary.warn(teacher.name, note, item.item_id)
     ids = run.store.record_answer(
         request.cache_key, teacher.name, request.model, item.item_id, index, text, usage,
-        boxes=boxes,
+        labels=attributes, boxes=boxes,
+        # attributes are versioned by relabel generation; boxes are asked once
+        generation=run.generation if index is None else 0,
     )  # fmt: skip
-    run.summary.boxes += len(ids)
+    if index is None:
+        run.summary.labels += 1
+    else:
+        run.summary.boxes += len(ids)
 
 
 def _fused(store: RunStore, item_id: str, names: list[str], fusion: FusionConfig) -> list[Any]:

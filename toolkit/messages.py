@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # Quoted excerpts (an answer's text), bracketed values, numbers in parentheses and image
 # references are a message's particulars, not its cause: "no JSON object or list in the
@@ -18,7 +19,7 @@ def cause_of(teacher: str | None, message: str) -> str:
     return (f"{teacher}: " if teacher else "") + _PARTICULARS.sub("...", message)
 
 
-def group_by_cause(messages: list[tuple[str | None, str]]) -> dict[str, list[str]]:
+def group_by_cause(messages: Sequence[tuple[str | None, str]]) -> dict[str, list[str]]:
     """(item id or None, message) pairs -> cause -> the item ids (or '-') it happened to."""
     grouped: dict[str, list[str]] = {}
     for item_id, message in messages:

@@ -677,8 +677,8 @@ class _Renderer:
             "region": ",".join(str(v) for v in crop.region),
             "size": f"{crop.region[2] - crop.region[0]}×{crop.region[3] - crop.region[1]}",
             "path": crop.path,
-            # Set by the crop stage's pHash de-duplication when present: kept on disk, unused.
-            "duplicate_of": getattr(crop, "duplicate_of", None),
+            # Set by the crop stage's pHash de-duplication: kept on disk, unused.
+            "duplicate_of": crop.duplicate_of,
             "src": None,
             "error": None,
         }

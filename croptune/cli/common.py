@@ -11,6 +11,8 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from finetune.evaluate import EvaluationResult
+
 # Commands that read a stage config take `key=value` (or `--key=value`) overrides after it.
 OVERRIDABLE = {"ignore_unknown_options": True}
 
@@ -114,7 +116,7 @@ def table(title: str, rows: list[tuple[str, str]]) -> None:
     console().print(summary)
 
 
-def comparison(title: str, results: list[Any]) -> None:
+def comparison(title: str, results: list[EvaluationResult]) -> None:
     """Print the comparison table of evaluated models (one row each)."""
     from rich.table import Table
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from teacher_labeling.labeling import LabelSummary, PendingRequests
-    from toolkit.catalog import IngestSummary
+    from toolkit.catalog import IngestSummary, Problem
     from toolkit.export import DetectionExport
 
 
@@ -102,7 +102,7 @@ def _ingest_rows(ingest: IngestSummary, run: Path) -> list[tuple[str, str]]:
 CATALOG_PROBLEMS_SHOWN = 20
 
 
-def _print_catalog_problems(problems: list[Any], run: Path) -> None:
+def _print_catalog_problems(problems: list[Problem], run: Path) -> None:
     """Each catalog problem on its own line, or grouped by cause when there are many."""
     if len(problems) <= CATALOG_PROBLEMS_SHOWN:
         for problem in problems:

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune.export.lint import (
     LintProblem,
@@ -39,6 +39,9 @@ from toolkit.bundle import (
 )
 from toolkit.errors import CroptuneError
 
+if TYPE_CHECKING:
+    from finetune.students.presets import StudentPreset
+
 logger = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -69,7 +72,7 @@ def base_model_id(adapter_dir: Path, override: str | None = None) -> str:
     )
 
 
-def _preset(student: str | None) -> Any:
+def _preset(student: str | None) -> StudentPreset | None:
     from finetune.students import load_preset
 
     try:
@@ -91,15 +94,17 @@ def _dataset_facts(train_config: dict[str, Any], dataset_dir: Path | None) -> di
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _mm_processor_kwargs(train_config: dict[str, Any], preset: Any) -> dict[str, Any]:
+def _mm_processor_kwargs(
+    train_config: dict[str, Any], preset: StudentPreset | None
+) -> dict[str, Any]:
     """Image-processor settings the server must use to see images as training did."""
-    family = getattr(preset, "family", "gemma3")
+    family = preset.family if preset is not None else "gemma3"
     if family == "qwen2_5_vl":
         return {
             "min_pixels": train_config.get("image_min_pixels")
-            or getattr(preset, "min_pixels", None),
+            or (preset.min_pixels if preset is not None else None),
             "max_pixels": train_config.get("image_max_pixels")
-            or getattr(preset, "max_pixels", None),
+            or (preset.max_pixels if preset is not None else None),
         }
     if train_config.get("pan_and_scan"):
         return {
@@ -200,7 +205,7 @@ def bundle_manifest(
         base_model=base_model,
         base_folder=base_folder,
         student=train_config.get("student"),
-        family=getattr(preset, "family", None),
+        family=preset.family if preset is not None else None,
         lora_name=lora_name or _default_lora_name(train_config.get("student")),
         adapter=ADAPTER_DIR,
         merged=MERGED_DIR if merged else None,
@@ -224,10 +229,10 @@ def bundle_manifest(
             },
         ),
         image_budget=dataset_config.get("max_images_per_item"),
-        image_tokens=getattr(preset, "image_tokens", None),
+        image_tokens=preset.image_tokens if preset is not None else None,
         # The weights' dtype training and evaluation used. vLLM's "auto" turns a float32
         # checkpoint into bfloat16 for Gemma 3, which moves logprobs by ~0.02 on the tiny one.
-        dtype=getattr(preset, "torch_dtype", None),
+        dtype=preset.torch_dtype if preset is not None else None,
         mm_processor_kwargs=_mm_processor_kwargs(train_config, preset),
         # Where crops come from at inference: the shipped detector, else "none": the caller
         # brings boxes (a teacher) or sends originals only.

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class ClosesProgress(Protocol):
+    """A callback holding a progress display, taken down when training ends or fails."""
+
+    def close_progress(self) -> None:
+        """Take the display down."""
+        ...
 
 
 def progress_callback(enabled: bool) -> Any:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune.train.config import TrainConfig, lora_target_of
 from toolkit.errors import CroptuneError
+
+if TYPE_CHECKING:
+    from finetune.students.presets import StudentPreset
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,9 @@ def load_base(
     return model, processor
 
 
-def apply_image_options(processor: Any, config: TrainConfig, preset: Any = None) -> None:
+def apply_image_options(
+    processor: Any, config: TrainConfig, preset: StudentPreset | None = None
+) -> None:
     """Set pan & scan (Gemma 3) or the pixel budget (Qwen2.5-VL) on the student's processor.
 
     The config's image_min/max_pixels win over the preset's min/max_pixels.
@@ -107,8 +112,8 @@ def apply_image_options(processor: Any, config: TrainConfig, preset: Any = None)
         image_processor.do_pan_and_scan = True
         image_processor.pan_and_scan_max_num_crops = config.pan_and_scan_max_crops
     pixels = {
-        "shortest_edge": config.image_min_pixels or getattr(preset, "min_pixels", None),
-        "longest_edge": config.image_max_pixels or getattr(preset, "max_pixels", None),
+        "shortest_edge": config.image_min_pixels or (preset.min_pixels if preset else None),
+        "longest_edge": config.image_max_pixels or (preset.max_pixels if preset else None),
     }
     if any(value is not None for value in pixels.values()):
         # Qwen2-VL-style processors keep their pixel budget as size.shortest/longest_edge.

@@ -13,7 +13,7 @@ from finetune.students.checkpoints import restore_checkpoint_names
 from finetune.students.presets import load_preset
 from finetune.students.tiny import resolve_student
 from finetune.train.arguments import resolve_checkpoint, sft_config, use_bf16
-from finetune.train.callbacks import progress_callback
+from finetune.train.callbacks import ClosesProgress, progress_callback
 from finetune.train.config import TrainConfig, save_train_config
 from finetune.train.data import dataset_stats, load_splits
 from finetune.train.model import (
@@ -127,7 +127,7 @@ def train(
         trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         for callback in trainer.callback_handler.callbacks:
-            if hasattr(callback, "close_progress"):
+            if isinstance(callback, ClosesProgress):
                 callback.close_progress()
     seconds = time.perf_counter() - start
     eval_loss = _final_eval_loss(trainer) if facts["eval"] else None
