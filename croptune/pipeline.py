@@ -15,7 +15,8 @@ from croptune.models import open_model
 from toolkit.catalog import IngestSummary, ingest_catalog, load_catalog
 from toolkit.config import dump_config
 from toolkit.crops import CropConfig, CropSummary, crop_run
-from toolkit.dataset import DatasetConfig, DatasetSummary, build_dataset
+from toolkit.dataset import DatasetConfig, build_dataset
+from toolkit.dataset.build import DatasetSummary
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import RunStore

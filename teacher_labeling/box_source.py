@@ -31,7 +31,7 @@ from teacher_labeling.teachers import (
     build_teacher,
 )
 from toolkit.boxes import Box
-from toolkit.config import prepare_config_data, read_yaml_config
+from toolkit.config.load import prepare_config_data, read_yaml_config
 from toolkit.errors import CroptuneError
 from toolkit.protocols import ItemPhotos
 from toolkit.schema import AttributeSchema, load_schema

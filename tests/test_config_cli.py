@@ -18,13 +18,8 @@ from finetune.train import TrainConfig, load_train_config, save_train_config
 from teacher_labeling.endpoint import EndpointConfig
 from teacher_labeling.judge import JudgeConfig
 from teacher_labeling.teachers import LabelConfig, TeacherConfig, load_label_config
-from toolkit.config import (
-    config_keys,
-    load_stage_config,
-    missing_help,
-    packaged_configs,
-    starter_yaml,
-)
+from toolkit.config import load_stage_config
+from toolkit.config.docs import config_keys, missing_help, packaged_configs, starter_yaml
 from toolkit.crops import CropConfig
 from toolkit.dataset import DatasetConfig
 from toolkit.errors import CroptuneError

@@ -28,7 +28,7 @@ def test_examples_ship_configs():
 
 
 def test_starter_configs_are_package_data():
-    from toolkit.config import packaged_configs
+    from toolkit.config.docs import packaged_configs
 
     # What an installed croptune reads (importlib.resources) is exactly the folder tested here.
     assert sorted(packaged_configs()) == [p.name for p in CONFIGS]

@@ -11,7 +11,8 @@ from PIL import Image, ImageOps
 
 from toolkit.boxes import Box
 from toolkit.crops import CropConfig, crop_run
-from toolkit.dataset import DatasetConfig, example_images
+from toolkit.dataset import DatasetConfig
+from toolkit.dataset.rows import example_images
 from toolkit.images import file_stat, load_image
 from toolkit.store import SCHEMA_VERSION, CropRow, ImageRow, ItemRow, RunStore
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from toolkit.dataset import assign_splits, shared_photo_groups
+from toolkit.dataset.splits import assign_splits, shared_photo_groups
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
 REPO = Path(__file__).resolve().parent.parent

@@ -92,7 +92,7 @@ def _expected_scores(predictions: dict[str, dict | None]) -> dict[str, float]:
 
 
 def _row(item_id: str, colours: list[tuple[int, int, int]], answer: dict) -> dict:
-    from toolkit.dataset import answer_text, example_row
+    from toolkit.dataset.rows import answer_text, example_row
 
     images = [Image.new("RGB", (64 + 8 * i, 48), colour) for i, colour in enumerate(colours)]
     return {

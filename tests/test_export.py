@@ -51,7 +51,8 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datasets import Dataset, DatasetDict
 
     from toolkit.crops import CropConfig
-    from toolkit.dataset import DatasetConfig, DatasetSummary, dataset_features
+    from toolkit.dataset import DatasetConfig, dataset_features
+    from toolkit.dataset.build import DatasetSummary
 
     rng = random.Random(0)
     splits = {"train": 6, "test": 2}
@@ -481,7 +482,7 @@ def test_base_model_id_is_never_a_local_path(tmp_path, model, override, expected
 @pytest.mark.slow  # the bundle fixture: `croptune export --merge`, ~15 s
 def test_model_card_client_sends_what_the_student_was_trained_on(bundle, tmp_path, monkeypatch):
     """The README's openai snippet, against a real HTTP server: images and prompt as trained."""
-    from toolkit.dataset import _downscale, example_row
+    from toolkit.dataset.rows import _downscale, example_row
 
     card = (bundle / "README.md").read_text()
     code = card.split("```python\n", 1)[1].split("```", 1)[0]

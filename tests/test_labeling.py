@@ -18,7 +18,7 @@ from teacher_labeling.teachers import (
     build_teacher,
 )
 from toolkit.catalog import ingest_catalog, load_catalog
-from toolkit.dataset import assign_splits
+from toolkit.dataset.splits import assign_splits
 from toolkit.errors import CroptuneError
 from toolkit.schema import load_schema
 from toolkit.store import RunStore

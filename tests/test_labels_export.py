@@ -396,7 +396,7 @@ SPLIT_CASES = [
 
 @pytest.mark.parametrize(("listings", "ratios"), SPLIT_CASES)
 def test_yolo_export_splits_by_item_as_the_dataset_does(tmp_path: Path, listings, ratios):
-    from toolkit.dataset import SPLITS
+    from toolkit.dataset.splits import SPLITS
 
     store = _listings_run(tmp_path, listings)
     out = tmp_path / "yolo"

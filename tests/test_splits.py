@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_labels_export import _listings_run, _own, _photo_file, _row
-from toolkit.dataset import DatasetConfig, build_dataset, item_splits, run_splits
+from toolkit.dataset import DatasetConfig, build_dataset
+from toolkit.dataset.splits import item_splits, run_splits
 from toolkit.errors import CroptuneError
 from toolkit.export import export_labels_yolo
 from toolkit.schema import load_schema
@@ -86,7 +87,7 @@ def test_other_settings_after_a_recorded_split_reuse_it_and_say_so(tmp_path, cap
     store = _listings_run(tmp_path, LISTINGS)
     recorded = _dataset_splits(store, tmp_path / "ds1")  # the defaults: seed 0
     assert run_splits(store, 0.25, 0.25, 3) != store.recorded_splits()  # seed 3 would differ
-    with caplog.at_level(logging.WARNING, logger="toolkit.dataset"):
+    with caplog.at_level(logging.WARNING, logger="toolkit.dataset.splits"):
         again = _dataset_splits(store, tmp_path / "ds2", **OTHER)
         export = export_labels_yolo(store, tmp_path / "yolo", **OTHER)
     assert again == recorded
@@ -113,7 +114,7 @@ def test_other_settings_after_a_recorded_split_reuse_it_and_say_so(tmp_path, cap
     assert resplit == {i: s for i, s in run_splits(store, 0.25, 0.25, 3).items() if i in resplit}
     assert resplit != recorded and store.split_settings() == OTHER
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="toolkit.dataset"):
+    with caplog.at_level(logging.WARNING, logger="toolkit.dataset.splits"):
         follows = export_labels_yolo(store, tmp_path / "yolo2", **OTHER)
     assert not caplog.records  # the asked settings are the recorded ones now
     assert {i: follows.item_splits[i] for i in resplit} == resplit

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import croptune.cli
 import toolkit
-from toolkit.config import load_stage_config, packaged_configs
+from toolkit.config import load_stage_config
+from toolkit.config.docs import packaged_configs
 
 venv = Path(sys.argv[1]).resolve()
 assert Path(toolkit.__file__).resolve().is_relative_to(venv), toolkit.__file__

@@ -10,7 +10,8 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from toolkit.config import config_error, dump_yaml
+from toolkit.config import dump_yaml
+from toolkit.config.load import config_error
 from toolkit.crops import CropConfig
 from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema

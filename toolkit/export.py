@@ -20,7 +20,8 @@ from typing import Any
 
 from toolkit.boxes import Box
 from toolkit.config import dump_yaml
-from toolkit.dataset import SPLIT_KEYS, SPLITS, DatasetConfig, item_splits
+from toolkit.dataset import DatasetConfig
+from toolkit.dataset.splits import SPLIT_KEYS, SPLITS, item_splits
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.images import ImageLoadError, LoadedImage, encode_jpeg, load_image
@@ -114,7 +115,8 @@ class DetectionExport:
     item_splits: dict[str, str] = field(default_factory=dict)  # YOLO only: item_id -> split
     split_settings: dict[str, float | int] = field(default_factory=dict)  # YOLO only
     # YOLO only: "new" (split now and recorded in the run), "recorded" (the run's recorded
-    # split, whatever settings were asked) or "resplit" (see toolkit.dataset.item_splits).
+    # split, whatever settings were asked) or "resplit" (see
+    # toolkit.dataset.splits.item_splits).
     split_status: str | None = None
 
     def split_counts(self) -> dict[str, dict[str, int]]:
@@ -168,10 +170,10 @@ def export_labels_yolo(
 ) -> DetectionExport:
     """Write the run's boxes as a YOLO dataset split by item: images/, labels/, data.yaml.
 
-    The items follow the run's one split (`toolkit.dataset.item_splits`): the split recorded
-    in the run store, or, when none is recorded yet, a split by these ratios and seed, which
-    is then recorded; so they land where `dataset build` puts them. select maps one image's
-    stored boxes (all teachers) to the boxes to export. Each photo is written once, with the
+    The items follow the run's one split (`toolkit.dataset.splits.item_splits`): the split
+    recorded in the run store, or, when none is recorded yet, a split by these ratios and
+    seed, which is then recorded; so they land where `dataset build` puts them. select maps
+    one image's stored boxes (all teachers) to the boxes to export. Each photo is written once, with the
     boxes of every item showing it.
     """
     split = {"validation_ratio": validation_ratio, "test_ratio": test_ratio, "seed": seed}

@@ -637,7 +637,8 @@ class RunStore:
         )
         return [(r["item_id"], _loads(r["record"])) for r in rows]
 
-    # splits: the one train/validation/test split of the run's items (toolkit.dataset owns it)
+    # splits: the one train/validation/test split of the run's items (toolkit.dataset.splits
+    # owns it)
     def recorded_splits(self) -> dict[str, str]:
         """item_id -> split as recorded in the run (empty when no split was recorded)."""
         rows = self._query("SELECT item_id, split FROM splits ORDER BY item_id")

@@ -135,7 +135,7 @@ def show(
     ),
 ) -> None:
     """Every key of a stage's config with its type, default and help text."""
-    from toolkit.config import describe_config, starter_yaml
+    from toolkit.config.docs import describe_config, starter_yaml
 
     if format not in ("text", "yaml"):
         raise CroptuneError(f"unknown --format {format!r}; use text or yaml")
@@ -163,7 +163,7 @@ def _init_files(items: int, seed: int) -> dict[Path, bytes]:
 
     from croptune.synthetic.catalog import make_example_catalog
     from finetune.detector import DetectorConfig
-    from toolkit.config import packaged_configs, starter_yaml
+    from toolkit.config.docs import packaged_configs, starter_yaml
     from toolkit.dataset import DatasetConfig
 
     files = {Path(name): text.encode() for name, text in packaged_configs().items()}

@@ -60,8 +60,8 @@ def detector_dataset(
 ) -> DetectionExport:
     """Export the boxes to learn as a YOLO dataset split by the run's one item split.
 
-    The split is the run store's recorded one (`toolkit.dataset.item_splits`), so no item the
-    student is validated or tested on is trained on; config's validation_ratio, test_ratio
+    The split is the run store's recorded one (`toolkit.dataset.splits.item_splits`), so no
+    item the student is validated or tested on is trained on; config's validation_ratio, test_ratio
     and seed make it only when the run has none recorded yet. Fills summary's box source,
     classes, split and items.
     """

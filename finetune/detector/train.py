@@ -29,7 +29,8 @@ from finetune.detector.offline import (
     require_onnx,
     ultralytics_device,
 )
-from toolkit.config import config_data, dump_yaml
+from toolkit.config import dump_yaml
+from toolkit.config.dump import config_data
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.store import RunStore
@@ -50,7 +51,8 @@ class DetectorSummary:
     shared_photos: int = 0  # photos several items show, exported once with all their boxes
     merged_boxes: int = 0  # identical boxes of such photos kept once
     # The settings that made the run's split the detector followed (the recorded ones when the
-    # run was split before, whatever the config says) and its status (toolkit.dataset.ItemSplit).
+    # run was split before, whatever the config says) and its status
+    # (toolkit.dataset.splits.ItemSplit).
     split: dict[str, float | int] = field(default_factory=dict)
     split_status: str | None = None
     epochs: int = 0

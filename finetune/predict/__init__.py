@@ -4,7 +4,7 @@ Every item goes through the training-time code, on a run store of its own (the w
 folder): the catalog is ingested with `croptune label`'s validation and image
 normalisation; the bundle's box source (its detector, a box teacher, or none) boxes the
 photos; `toolkit.crops.crop_item` cuts and de-duplicates the crops under the bundle's crop
-config, exactly as `croptune crop` did; `toolkit.dataset.item_example` picks the images
+config, exactly as `croptune crop` did; `toolkit.dataset.rows.item_example` picks the images
 under the image budget and writes the prompt, exactly as `croptune dataset build` did; the
 student answers. No train/serve skew by construction: there is no second implementation.
 

@@ -16,7 +16,7 @@ from toolkit.bundle import (
     read_manifest_data,
     validate_manifest,
 )
-from toolkit.config import config_error
+from toolkit.config.load import config_error
 from toolkit.crops import CropConfig
 from toolkit.dataset import DatasetConfig
 from toolkit.errors import CroptuneError

@@ -20,7 +20,7 @@ from toolkit.answers import Example, GeneratedAnswer
 from toolkit.boxes import Box
 from toolkit.catalog import load_ingested_image
 from toolkit.crops import crop_item
-from toolkit.dataset import example_row, item_example
+from toolkit.dataset.rows import example_row, item_example
 from toolkit.errors import CroptuneError
 from toolkit.images import ImageChangedError, ImageLoadError
 from toolkit.protocols import AnswerBackend, BoxSource, ItemPhotos
