@@ -404,6 +404,44 @@ def run_evaluate(
     return results
 
 
+def run_score_predictions(
+    predictions: Sequence[Path],
+    reference: Path,
+    out_dir: Path,
+    names: Sequence[str] = (),
+    split: str | None = None,
+    columns: dict[str, str] | None = None,
+) -> list[EvaluationResult]:
+    """Score `croptune predict` output files against a catalog's or a run's attributes; write
+    the comparison into out_dir (one row per file, named by names or the file's stem)."""
+    from finetune.evaluate import (
+        evaluate_predictions,
+        load_references,
+        read_predictions,
+        write_evaluation,
+    )
+
+    if not predictions:
+        raise CroptuneError("nothing to score: pass --predictions FILE")
+    if names and len(names) != len(predictions):
+        raise CroptuneError(
+            f"{len(names)} --name for {len(predictions)} --predictions: give one name per "
+            "file, in the same order, or none (each row is then named by its file's stem)"
+        )
+    references = load_references(reference, split, columns)
+    row_names = list(names) or [Path(p).stem for p in predictions]
+    seen: dict[str, int] = {}
+    results = []
+    for path, name in zip(predictions, row_names, strict=True):
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} ({seen[name]})"  # two files with one stem: each row identifiable
+        logger.info("scoring %s against %s", path, reference)
+        results.append(evaluate_predictions(name, read_predictions(path), references))
+    write_evaluation(results, out_dir)
+    return results
+
+
 def _load_judge(path: Path) -> JudgeConfig:
     """The judge config, its key variable checked before any model runs."""
     from teacher_labeling.engine import resolve_api_key

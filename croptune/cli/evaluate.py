@@ -1,4 +1,5 @@
-"""`croptune evaluate`: score models (and teachers) on a dataset split."""
+"""`croptune evaluate`: score models (and teachers) on a dataset split, or predict's output
+files against a catalog or a run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 from croptune.cli.common import (
     State,
     batch_size_option,
+    column_option,
     comparison,
     limit_option,
     max_new_tokens_option,
@@ -28,8 +30,38 @@ def evaluate(
         "server, e.g. vLLM serving the base with --lora-modules croptune=BUNDLE/adapter and "
         "`model: croptune`). See docs/evaluation.md.",
     ),
-    dataset: Path = typer.Option(..., "--dataset", help="Dataset folder from `dataset build`."),
-    split: str = typer.Option("test", "--split", help="Split to score."),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Dataset folder from `dataset build` (with --model)."
+    ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Split to score (default: test). With --predictions: only the items of this "
+        "split of the --reference run's recorded split (default: every item).",
+    ),
+    predictions: list[Path] = typer.Option(
+        None,
+        "--predictions",
+        metavar="FILE",
+        help="Instead of --model: a `croptune predict` output file (JSON lines) to score "
+        "against --reference; repeat to compare several, one row each (named by the file's "
+        "stem, or --name). Missing items and error records cost recall; extra items, "
+        "duplicate ids and unreadable lines are counted. See docs/evaluation.md.",
+    ),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        metavar="CATALOG_OR_RUN",
+        help="With --predictions: a catalog file (its items' `attributes`) or a run folder "
+        "(each item's final labels) to score against.",
+    ),
+    name: list[str] = typer.Option(
+        None,
+        "--name",
+        metavar="NAME",
+        help="With --predictions: the row name of each file, in order (default: its stem).",
+    ),
+    column: list[str] = column_option(", for a --reference catalog"),
     teacher_labels: Path | None = typer.Option(
         None,
         "--teacher-labels",
@@ -49,10 +81,24 @@ def evaluate(
     batch_size: int = batch_size_option("Examples per generate call (in-process models)."),
     max_new_tokens: int = max_new_tokens_option(256, "Answer length limit, for every model."),
 ) -> None:
-    """Field-level precision/recall/F1, JSON validity and speed of models on a dataset split."""
+    """Field-level precision/recall/F1, JSON validity and speed of models on a dataset split,
+    or of `croptune predict` output files (--predictions) against a catalog or a run."""
     from croptune.pipeline import run_evaluate
 
     models = list(model or [])
+    if predictions or reference is not None:
+        _check_predictions_flags(
+            models, dataset, teacher_labels, judge, limit, predictions or [], reference
+        )
+        _score_predictions(predictions, reference, out, name or [], split, column or [])
+        return
+    if name or column:
+        raise CroptuneError("--name and --column go with --predictions and --reference")
+    if dataset is None:
+        raise CroptuneError(
+            "pass --dataset DIR (with --model) or --predictions FILE --reference CATALOG_OR_RUN"
+        )
+    split = split or "test"
     target = out or _default_eval_dir(models)
     results = run_evaluate(
         models,
@@ -67,6 +113,68 @@ def evaluate(
         progress=State.progress,
     )
     comparison(f"croptune evaluate ({split}) -> {target}", results)
+
+
+def _check_predictions_flags(
+    models: list[str],
+    dataset: Path | None,
+    teacher_labels: Path | None,
+    judge: Path | None,
+    limit: int | None,
+    predictions: list[Path],
+    reference: Path | None,
+) -> None:
+    """--predictions mode: its two flags given, none of the dataset mode's."""
+    if not predictions or reference is None:
+        raise CroptuneError(
+            "--predictions FILE and --reference CATALOG_OR_RUN go together: pass both"
+        )
+    mixed = [
+        flag
+        for flag, given in (
+            ("--model", bool(models)),
+            ("--dataset", dataset is not None),
+            ("--teacher-labels", teacher_labels is not None),
+            ("--judge", judge is not None),
+            ("--limit", limit is not None),
+        )
+        if given
+    ]
+    if mixed:
+        raise CroptuneError(
+            f"--predictions scores predict's output files against --reference; it does not "
+            f"combine with {', '.join(mixed)} (those score models on a dataset split): run "
+            "`croptune evaluate` once for each"
+        )
+
+
+def _score_predictions(
+    predictions: list[Path],
+    reference: Path | None,
+    out: Path | None,
+    names: list[str],
+    split: str | None,
+    column: list[str],
+) -> None:
+    """Score the files, print the table and each file's match with the reference."""
+    from croptune.pipeline import run_score_predictions
+    from finetune.evaluate import coverage_text
+    from toolkit.catalog import parse_column_mapping
+
+    assert reference is not None
+    target = out or Path("eval")
+    results = run_score_predictions(
+        predictions,
+        reference,
+        target,
+        names=names,
+        split=split,
+        columns=parse_column_mapping(column),
+    )
+    comparison(f"croptune evaluate --predictions ({split or 'all items'}) -> {target}", results)
+    for result in results:
+        if result.coverage is not None:
+            typer.echo(f"{result.model}: {coverage_text(result.coverage)}")
 
 
 def _default_eval_dir(models: list[str]) -> Path:
