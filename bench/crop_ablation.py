@@ -349,7 +349,7 @@ def train_and_evaluate(settings: Settings, strategy: str, seed: int, dataset_dir
 
 def majority_rate(dataset_dir: str, split: str = "test") -> tuple[float, str]:
     """Share of the split's most common mark (what always answering it would score)."""
-    from finetune.evaluate import load_split, split_references
+    from finetune.evaluate.data import load_split, split_references
 
     _, references = split_references(load_split(Path(dataset_dir), split))
     marks = [r["regulatory_safety"]["certification_marks"][0] for r in references]

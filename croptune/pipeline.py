@@ -18,6 +18,7 @@ from toolkit.crops import CropConfig, CropSummary, crop_run
 from toolkit.dataset import DatasetConfig, build_dataset
 from toolkit.dataset.build import DatasetSummary
 from toolkit.errors import CroptuneError
+from toolkit.files import json_lines
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import RunStore
 
@@ -312,16 +313,12 @@ def teacher_labels(source: Path, item_ids: list[str]) -> dict[str, dict[str, Any
                 add(item_id, store.labels(item_id))
     elif source.is_file():
         with source.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
+            for number, record in json_lines(handle):
+                if isinstance(record, json.JSONDecodeError):
                     raise CroptuneError(
-                        f"{source} line {number} is not JSON ({exc}); pass a run folder or "
+                        f"{source} line {number} is not JSON ({record}); pass a run folder or "
                         "the file of `croptune labels export --format jsonl`"
-                    ) from exc
+                    ) from record
                 if record.get("item_id") in wanted:
                     add(record["item_id"], record.get("labels"))
     else:
@@ -361,13 +358,10 @@ def run_evaluate(
 
     models: --model values (see open_model) or answer backends.
     """
-    from finetune.evaluate import (
-        dataset_schema,
-        evaluate_backend,
-        evaluate_labels,
-        load_split,
-        write_evaluation,
-    )
+    from finetune.evaluate import evaluate_backend, load_split
+    from finetune.evaluate.backends import evaluate_labels
+    from finetune.evaluate.data import dataset_schema
+    from finetune.evaluate.tables import write_evaluation
 
     if not models and teacher_labels_from is None:
         raise CroptuneError("nothing to evaluate: pass --model (or --teacher-labels)")
@@ -414,12 +408,12 @@ def run_score_predictions(
 ) -> list[EvaluationResult]:
     """Score `croptune predict` output files against a catalog's or a run's attributes; write
     the comparison into out_dir (one row per file, named by names or the file's stem)."""
-    from finetune.evaluate import (
+    from finetune.evaluate.predictions import (
         evaluate_predictions,
         load_references,
         read_predictions,
-        write_evaluation,
     )
+    from finetune.evaluate.tables import write_evaluation
 
     if not predictions:
         raise CroptuneError("nothing to score: pass --predictions FILE")

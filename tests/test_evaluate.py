@@ -14,7 +14,7 @@ from PIL import Image
 
 from croptune.models import open_model
 from croptune.pipeline import run_evaluate
-from finetune.evaluate import latency_stats
+from finetune.evaluate.result import latency_stats
 from tests.fake_openai import ChatRequest, FailThen, FakeOpenAI, Reply, mean_rgb
 from toolkit.errors import CroptuneError
 

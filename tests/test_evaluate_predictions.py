@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from croptune.pipeline import run_label, run_score_predictions
-from finetune.evaluate import NO_PREDICTION, PREDICTIONS
+from finetune.evaluate.predictions import NO_PREDICTION
+from finetune.evaluate.result import PREDICTIONS
 from teacher_labeling.teachers import LabelConfig, TeacherConfig
 from toolkit.errors import CroptuneError
 from toolkit.store import RunStore

@@ -326,8 +326,8 @@ def test_field_errors(predicted, reference, errors):
     ],
 )
 def test_parse_answer(text, value, strict):
-    # finetune.evaluate's parser feeds score_answers; imported here so a change there
+    # finetune.evaluate.parse's parser feeds score_answers; imported here so a change there
     # fails this one test only.
-    from finetune.evaluate import parse_answer
+    from finetune.evaluate.parse import parse_answer
 
     assert parse_answer(text) == (value, strict)

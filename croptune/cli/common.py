@@ -120,7 +120,7 @@ def comparison(title: str, results: list[EvaluationResult]) -> None:
     """Print the comparison table of evaluated models (one row each)."""
     from rich.table import Table
 
-    from finetune.evaluate import comparison_table
+    from finetune.evaluate.tables import comparison_table
 
     header, rows = comparison_table(results)
     compared = Table(title=title, title_justify="left")

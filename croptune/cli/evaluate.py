@@ -158,7 +158,7 @@ def _score_predictions(
 ) -> None:
     """Score the files, print the table and each file's match with the reference."""
     from croptune.pipeline import run_score_predictions
-    from finetune.evaluate import coverage_text
+    from finetune.evaluate.predictions import coverage_text
     from toolkit.catalog import parse_column_mapping
 
     assert reference is not None

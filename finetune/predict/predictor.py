@@ -212,7 +212,7 @@ class Predictor:
 
     def finish(self, prepared: PreparedItem, answer: GeneratedAnswer) -> dict[str, Any]:
         """Parse and validate the answer; store and return the item's record."""
-        from finetune.evaluate import parse_answer_or_reason
+        from finetune.evaluate.parse import parse_answer_or_reason
 
         item_id = prepared.item.item_id
         record = prepared.record

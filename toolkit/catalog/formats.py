@@ -10,6 +10,7 @@ from typing import Any
 
 from toolkit.catalog.columns import check_fields
 from toolkit.errors import CroptuneError
+from toolkit.files import json_lines
 
 
 def is_json_lines(path: Path) -> bool:
@@ -50,16 +51,10 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
                 '[print(json.dumps(i)) for i in json.load(open(sys.argv[1]))]" '
                 f"{path.name} > {path.stem}.jsonl"
             )
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield (
-                    f"line {number}",
-                    BadRecord(f"not valid JSON: {exc.msg} at column {exc.colno}"),
-                )
+        for number, value in json_lines(handle):
+            if isinstance(value, json.JSONDecodeError):
+                value = BadRecord(f"not valid JSON: {value.msg} at column {value.colno}")
+            yield f"line {number}", value
 
 
 def _is_json_array(handle: Any) -> bool:
