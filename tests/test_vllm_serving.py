@@ -46,10 +46,10 @@ BASE_NAME = "croptune:tiny"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """`croptune demo`: catalog, run, dataset, trained adapter, bundle (the tiny base inside)."""
-    from croptune.demo import run_demo
+    """The whole pipeline on the example catalog: run, dataset, adapter, bundle (tiny base inside)."""
+    from tests.bundles import tiny_pipeline
 
-    return run_demo(tmp_path_factory.mktemp("demo"), n_items=30, max_steps=60)
+    return tiny_pipeline(tmp_path_factory.mktemp("demo"), n_items=30, max_steps=60)
 
 
 def card_block(card: str, heading: str, index: int = 0) -> str:

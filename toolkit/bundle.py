@@ -120,6 +120,14 @@ class DetectorFacts(_Part):
     classes: list[str] | str | None = Field(None, description="The classes it proposes")
     box_source: str | None = Field(None, description="Whose boxes it was trained on")
     metrics: dict[str, Any] | None = Field(None, description="Its held-out metrics")
+    coverage: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of its held-out teacher boxes that lay inside a crop cut from its "
+        "boxes, as `detector train` measured it (what predict's crops show; null: not "
+        "measured, e.g. exported by an older croptune or nothing held out)",
+    )
 
 
 class LintEntry(_Part):

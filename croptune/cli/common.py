@@ -118,14 +118,19 @@ def table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def comparison(title: str, results: list[EvaluationResult]) -> None:
     """Print the comparison table of evaluated models (one row each)."""
-    from rich.table import Table
-
     from finetune.evaluate.tables import comparison_table
 
     header, rows = comparison_table(results)
+    grid(title, header, rows)
+
+
+def grid(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """Print a table with a header row; the first column (names) left, numbers right."""
+    from rich.table import Table
+
     compared = Table(title=title, title_justify="left")
-    for name in header:
-        compared.add_column(name, justify="left" if name == "model" else "right")
+    for index, name in enumerate(header):
+        compared.add_column(name, justify="left" if index == 0 else "right")
     for row in rows:
         compared.add_row(*row)
     out = console()

@@ -68,6 +68,10 @@ def train(
                 f"{rate('precision')} / {rate('recall')}",
             ),
             ("mAP50 / mAP50-95", f"{rate('map50')} / {rate('map50_95')}"),
+            (
+                "coverage (boxes inside its crops) / crop area",
+                f"{rate('coverage')} / {rate('crop_area')} of the photo",
+            ),
         ]
     else:
         rows.append(("measured", "nothing: the split holds no item out (too few items?)"))

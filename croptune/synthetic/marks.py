@@ -53,6 +53,14 @@ _MARKS_PALETTE: tuple[RGB, ...] = (
     (30, 140, 150),
 )
 _SHAPES = ("ring", "square", "triangle", "diamond", "disc", "rect")
+# The palette's colour names: the product's colour attribute (make_marks_catalog(colour=True)).
+COLOUR_NAMES: dict[RGB, str] = dict(
+    zip(
+        _MARKS_PALETTE,
+        ("blue", "red", "green", "orange", "yellow", "purple", "pink", "black", "grey", "teal"),
+        strict=True,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -63,21 +71,25 @@ class MarksSticker:
     rect: Rect  # the paper's pixels, x1 y1 x2 y2 (inclusive drawing, so x2/y2 are exclusive+1)
 
 
-def make_marks_catalog(out_dir: Path, n_items: int = 200, seed: int = 0) -> Path:
+def make_marks_catalog(
+    out_dir: Path, n_items: int = 200, seed: int = 0, colour: bool = False
+) -> Path:
     """Write the certification-mark catalog (catalog.jsonl + img/) and return its path.
 
     Each item has 1-4 photos of 448x448, one of which carries the mark's sticker; its
-    reference box covers the sticker and its reference attributes name the one mark.
+    reference box covers the sticker and its reference attributes name the one mark, and
+    with colour=True also the product's colour (attributes.color: large, readable without
+    a crop; the demo's second field). The photos are the same either way.
     """
     return write_catalog(
         out_dir,
         n_items,
-        lambda img_dir, index: _make_marks_item(img_dir, index, seed),
+        lambda img_dir, index: _make_marks_item(img_dir, index, seed, colour),
         "certification-mark",
     )
 
 
-def _make_marks_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
+def _make_marks_item(img_dir: Path, index: int, seed: int, colour: bool = False) -> dict[str, Any]:
     """One item of the marks catalog; depends only on (seed, index)."""
     rng = random.Random(f"croptune-marks:{seed}:{index}")
     item_id = f"MK{index + 1:04d}"
@@ -97,11 +109,14 @@ def _make_marks_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
         if sticker is not None:
             box = clip(grow(sticker.rect), image.size)
             boxes.append({"image": i, "xyxy": list(box), "label": MARK_LABEL})
+    attributes: dict[str, Any] = {"regulatory_safety": {"certification_marks": [mark]}}
+    if colour:
+        attributes = {"attributes": {"color": COLOUR_NAMES[product[1]]}, **attributes}
     return {
         "item_id": item_id,
         "images": images,
         "category": "electronics",
-        "attributes": {"regulatory_safety": {"certification_marks": [mark]}},
+        "attributes": attributes,
         "boxes": boxes,
     }
 

@@ -31,6 +31,7 @@ from finetune.detector.offline import (
 )
 from toolkit.config import dump_yaml
 from toolkit.config.dump import config_data
+from toolkit.crops import CropConfig
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
 from toolkit.store import RunStore
@@ -83,6 +84,7 @@ def train_detector(
     started = time.perf_counter()
     with RunStore(run_dir, create=False) as store:
         export = detector_dataset(store, out_dir / "dataset", config, summary)
+        crop = _run_crop_config(store)
     train = [p for p in export.photos if p.split == "train"]
     held = [p for p in export.photos if p.split in HELD_OUT]
     summary.images = {"train": len(train), "held_out": len(held)}
@@ -109,12 +111,13 @@ def train_detector(
     _write_outputs(summary, config, run_dir)  # detector.yaml: what load_detector reads
     detector = load_detector(out_dir, device=ultralytics_device(config.device))
     clock = time.perf_counter()
-    summary.metrics = evaluate_detector(detector, held)
+    summary.metrics = evaluate_detector(detector, held, crop)
     summary.measured = {
         "weights": WEIGHTS_FILE,
         "conf": detector.conf,
         "iou_match": MATCH_IOU,
         "map_conf": MAP_CONF,
+        "crop_config_hash": crop.config_hash(),  # the crops coverage was measured with
         "splits": [s for s in HELD_OUT if s in summary.splits],
         "photos": summary.metrics["images"],
     }
@@ -127,6 +130,12 @@ def train_detector(
     summary.seconds["total"] = time.perf_counter() - started
     _write_outputs(summary, config, run_dir)
     return summary
+
+
+def _run_crop_config(store: RunStore) -> CropConfig:
+    """The crop config the run's crops were cut with (the bundle's), else the default."""
+    saved = store.get_meta("crop_config")
+    return CropConfig.from_saved(json.loads(saved)) if saved else CropConfig()
 
 
 def _fit(
@@ -151,6 +160,7 @@ def _fit(
         epochs=config.epochs,
         imgsz=config.imgsz,
         batch=config.batch,
+        nbs=config.nominal_batch or config.batch,  # ultralytics' 64: few updates on few photos
         device=ultralytics_device(config.device),
         workers=config.workers,
         seed=config.seed,
@@ -198,11 +208,14 @@ def _write_outputs(summary: DetectorSummary, config: DetectorConfig, run_dir: Pa
         "metrics": summary.metrics,
         "weights": measured.get("weights"),
         "conf": measured.get("conf"),
+        "crop_config_hash": measured.get("crop_config_hash"),
         "measured_by": (
             f"supervision metrics of {measured['weights']} (loaded as predict loads it) on "
             f"the {measured['photos']} photos of the {'+'.join(measured['splits'])} items: "
             f"precision/recall of predict's proposals (conf >= {measured['conf']}) at IoU "
-            f"{MATCH_IOU}; mAP over proposals with conf >= {MAP_CONF}"
+            f"{MATCH_IOU}; mAP over proposals with conf >= {MAP_CONF}; coverage: the share "
+            "of their boxes inside a crop planned from the proposals (crop config "
+            f"{measured['crop_config_hash']})"
             if measured.get("splits")
             else "nothing: no item is held out (validation_ratio and test_ratio give none)"
         ),

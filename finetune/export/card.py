@@ -221,9 +221,16 @@ def model_card(manifest: BundleManifest) -> str:
         "vLLM lint |",
     ]
     if manifest.detector:
+        coverage = manifest.detector.coverage
         lines.append(
             "| `detector/` | the region-proposal detector (ultralytics) whose boxes the crops "
-            "are cut from at inference |"
+            "are cut from at inference"
+            + (
+                f" (its crops held {coverage:.0%} of the held-out teacher boxes)"
+                if coverage is not None
+                else " (coverage of teacher boxes not measured)"
+            )
+            + " |"
         )
     if manifest.merged:
         lines.append(

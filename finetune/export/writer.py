@@ -61,8 +61,12 @@ def export_bundle(
     lora_name: str | None = None,
     dataset_dir: Path | None = None,
     detector_dir: Path | None = None,
+    box_teacher: dict[str, Any] | None = None,
 ) -> Path:
     """Write the serving bundle of DESIGN for an adapter folder made by `croptune train`.
+
+    box_teacher: a box teacher's config (no key: only the NAME of its variable) recorded as
+    the bundle's box source (box_source: teacher) when it ships no detector.
 
     Refuses (CroptuneError) an adapter vLLM cannot serve unless `force`, and a bundle that
     would hold a secret or a local path of this machine. Written beside `out`, then renamed.
@@ -97,6 +101,10 @@ def export_bundle(
             base_folder=OFFLINE_BASE_DIR if base_folder else None,
             detector=detector,
         )
+        if box_teacher is not None and detector is None:
+            manifest = manifest.model_copy(
+                update={"box_source": "teacher", "box_teacher": dict(box_teacher)}
+            )
         manifest.write(staging)
         if merge:
             _write_merged(adapter_dir, staging / MERGED_DIR, base_id)
@@ -187,6 +195,7 @@ def _write_detector(source: Path, target: Path) -> DetectorFacts:
         classes=settings.get("classes"),
         box_source=settings.get("box_source"),
         metrics=settings.get("metrics"),
+        coverage=(settings.get("metrics") or {}).get("coverage"),
     )
 
 

@@ -3,6 +3,7 @@ its examples."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from toolkit.errors import CroptuneError
 from toolkit.schema import AttributeSchema, extraction_prompt
 
 EXPORT_WITH_DATASET = "export it again with --dataset DIR (the training dataset folder)"
+# Below this measured share of teacher boxes inside the detector's crops, predict warns: the
+# student then misses the close-ups of much of the small print it was trained with.
+COVERAGE_TARGET = 0.9
 
 
 @dataclass
@@ -45,6 +49,32 @@ class Bundle:
         detector = self.manifest.detector
         folder = self.path / detector.path if detector else None
         return folder if folder is not None and folder.is_dir() else None
+
+    @property
+    def detector_coverage(self) -> float | None:
+        """The shipped detector's measured held-out coverage (None: none, or not measured)."""
+        return self.manifest.detector.coverage if self.manifest.detector else None
+
+    def coverage_note(self) -> tuple[int, str]:
+        """The log level and line predict gives about the detector's measured coverage."""
+        coverage = self.detector_coverage
+        if coverage is None:
+            return logging.INFO, (
+                "the bundle's detector records no measured coverage (croptune.yaml: "
+                "detector.coverage): how many teacher boxes its crops hold is unknown; train "
+                "it with held-out items (`croptune detector train`) and export again"
+            )
+        measured = (
+            f"the bundle's detector crops held {coverage:.0%} of the held-out teacher boxes "
+            "when it was trained"
+        )
+        if coverage < COVERAGE_TARGET:
+            return logging.WARNING, (
+                f"{measured} (below {COVERAGE_TARGET:.0%}): the student will miss close-ups "
+                "of the rest; a better detector (more photos, epochs, a lower conf) or "
+                "--box-source teacher gives it more"
+            )
+        return logging.INFO, measured
 
     @property
     def uses_crops(self) -> bool:

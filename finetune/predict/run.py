@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from finetune.detector.config import DETECTOR_SOURCE
 from finetune.predict.box_sources import NoBoxes
 from finetune.predict.bundle import Bundle
 from finetune.predict.predictor import STAGES, ItemFailed, Predictor, PreparedItem
@@ -79,6 +80,8 @@ def predict_catalog(
         problems = _problem_records(catalog, scope, store, ingest.problems, records)
 
         predictor = Predictor(bundle, store, backend, box_source)
+        if predictor.box_source.name == DETECTOR_SOURCE:
+            logger.log(*bundle.coverage_note())
         todo: list[ItemRow] = []
         stored = {row.item_id: row for row in store.items()}
         for item in scope:

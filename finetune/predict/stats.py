@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.detector.config import DETECTOR_SOURCE
 from finetune.predict.predictor import STAGES
 
 if TYPE_CHECKING:
@@ -69,6 +70,10 @@ def predict_stats(
         "student": backend.name,
         "student_kind": backend.kind,
         "box_source": predictor.box_source.name,
+        # The detector's held-out coverage as measured when trained (croptune.yaml).
+        "box_source_coverage": bundle.detector_coverage
+        if predictor.box_source.name == DETECTOR_SOURCE
+        else None,
         "items_per_second": round(processed / loop_seconds, 4)
         if processed and loop_seconds
         else None,

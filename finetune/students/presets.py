@@ -25,7 +25,8 @@ class StudentPreset(BaseModel):
     name: str = Field(description="Preset name: the YAML file name without its extension")
     model: str = Field(
         description="Hub id or local path of the base model; 'croptune:tiny', "
-        "'croptune:tiny-qwen' and 'croptune:tiny-scratch' = the offline tiny ones"
+        "'croptune:tiny-qwen', 'croptune:tiny-scratch' and 'croptune:tiny-reader' = the "
+        "offline tiny ones"
     )
     family: Family = Field(
         "gemma3",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from finetune.students.tiny_gemma3 import build_tiny_gemma3, build_tiny_scratch_gemma3
 from finetune.students.tiny_qwen import build_tiny_qwen25vl
+from finetune.students.tiny_reader import build_tiny_reader, reader_corpus_lines
 from finetune.students.vocab import corpus_lines, qwen_corpus_lines, scratch_corpus_lines
 from toolkit.errors import CroptuneError
 
@@ -24,11 +25,14 @@ logger = logging.getLogger(__name__)
 TINY_MODEL = "croptune:tiny"
 TINY_QWEN_MODEL = "croptune:tiny-qwen"
 TINY_SCRATCH_MODEL = "croptune:tiny-scratch"
+TINY_READER_MODEL = "croptune:tiny-reader"
 # Bump when a tiny builder changes what it writes: cached builds are keyed by it.
 # v4: newline-run tokens and the published vision weight names, so vLLM loads the tiny Gemma 3.
 TINY_BUILDER_VERSION = 4
 # Bump when build_tiny_scratch_gemma3 changes what it writes (only its cache is rebuilt).
 TINY_SCRATCH_VERSION = 2
+# Bump when build_tiny_reader or its pretraining (finetune.students.reading) changes.
+TINY_READER_VERSION = 1
 _COMPLETE_MARKER = ".croptune-complete"
 
 
@@ -53,6 +57,9 @@ def _tiny_students() -> dict[str, _TinyStudent]:
             f"tiny-scratch-gemma3-s{TINY_SCRATCH_VERSION}",
             build_tiny_scratch_gemma3,
             scratch_corpus_lines,
+        ),
+        TINY_READER_MODEL: _TinyStudent(
+            f"tiny-reader-gemma3-r{TINY_READER_VERSION}", build_tiny_reader, reader_corpus_lines
         ),
     }
 

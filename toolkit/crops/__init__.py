@@ -16,6 +16,7 @@ are built.
     pixels     a region's pixels, cut and encoded
     selection  which images are used: pHash duplicates, then the image budget
     run        the crop stage over a run store (crop_run, crop_item)
+    coverage   the share of teacher boxes lying inside a box source's crops
 """
 
 from toolkit.crops.config import CropConfig
