@@ -28,6 +28,7 @@ from croptune.synthetic.drawing import (
     shade,
     write_catalog,
 )
+from finetune.students.reading import draw_shape
 from finetune.students.vocab import SCRATCH_WHOLE_WORDS
 
 # The marks the generator draws: exactly the words the tiny-scratch student holds whole.
@@ -171,15 +172,15 @@ def render_marks_photo(scene: dict[str, Any], sticker: MarksSticker | None) -> I
     if shape == "rounded":
         draw.rounded_rectangle(rect, radius=24, fill=colour)
     else:
-        _draw_shape(draw, "disc" if shape == "disc" else "rect", rect, colour)
+        draw_shape(draw, "disc" if shape == "disc" else "rect", rect, colour)
     for shape, colour, rect in scene["distractors"]:
-        _draw_shape(draw, shape, rect, colour)
+        draw_shape(draw, shape, rect, colour)
     if sticker is not None:
         draw.rounded_rectangle(sticker.rect, radius=3, fill=PAPER, outline=(170, 170, 165))
         shape, colour = _MARK_STYLE[sticker.mark]
         x1, y1, x2, y2 = sticker.rect
         cx, cy, half = (x1 + x2) // 2, (y1 + y2) // 2, 7
-        _draw_shape(draw, shape, (cx - half, cy - half, cx + half, cy + half), colour)
+        draw_shape(draw, shape, (cx - half, cy - half, cx + half, cy + half), colour)
     # No added sensor noise (JPEG adds its own): noisy pixels make every PNG the dataset
     # stores 4x larger and slower to write and read.
     return image
@@ -190,19 +191,3 @@ def _random_rect(rng: random.Random, side: int, low: int, high: int) -> Rect:
     w, h = rng.randint(low, high), rng.randint(low, high)
     x, y = rng.randint(0, side - w - 1), rng.randint(0, side - h - 1)
     return (x, y, x + w, y + h)
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, rect: Rect, colour: RGB) -> None:
-    """A filled (or, for 'ring', outlined) shape inscribed in rect."""
-    x1, y1, x2, y2 = rect
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    if shape == "ring":
-        draw.ellipse(rect, outline=colour, width=max(2, (x2 - x1) // 3))
-    elif shape == "disc":
-        draw.ellipse(rect, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(x1, y2), (cx, y1), (x2, y2)], fill=colour)
-    elif shape == "diamond":
-        draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=colour)
-    else:  # square, rect
-        draw.rectangle(rect, fill=colour)
