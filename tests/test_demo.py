@@ -11,6 +11,9 @@ and fail here.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,3 +128,27 @@ def test_broken_boxes_fail_the_check(
     # The same base and originals-only rows, the student trained on the broken crops.
     with pytest.raises(AssertionError):
         check_learned([demo.table[0], demo.table[1], broken.table[-1]])
+
+
+def test_demo_command_prints_both_tables(demo: DemoSummary, tmp_path: Path) -> None:
+    # The CLI at its smallest size (the base is cached by the fixture): plumbing, not learning.
+    croptune = Path(sys.executable).parent / "croptune"
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [croptune, "--no-progress", "demo", "--workdir", workdir, "--items", "10", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},  # the tables unwrapped
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("items labeled", "images per item", "train loss", "served", "bundle"):
+        assert row in result.stdout
+    for model in ("base 0-shot", "originals only", "originals + crops", "served"):
+        assert model in result.stdout
+    summary = json.loads((workdir / "demo_summary.json").read_text())
+    assert summary["summary"]["items labeled"].startswith("10 of 10")
+    assert len(summary["learning"]) == 4
+    assert (workdir / "bundle" / "croptune.yaml").is_file()
+    page = (workdir / "run" / "report.html").read_text()
+    assert page.count('<section class="item"') == 10

@@ -115,16 +115,3 @@ def test_pipeline_end_to_end(tmp_path):
     for path in bundle.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".md"}:
             assert str(tmp_path) not in path.read_text(), f"local path leaked into {path}"
-
-
-@pytest.mark.slow
-def test_demo_command_prints_the_summary(tmp_path):
-    result = croptune("demo", "--workdir", str(tmp_path / "demo"), "--items", "6", "--steps", "2",
-                      cwd=tmp_path)  # fmt: skip
-    for row in ("items labeled", "images per item", "train loss", "field F1", "adapter"):
-        assert row in result.stdout
-    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
-    assert summary["items labeled"].startswith("6 of 6")
-    assert (tmp_path / "demo" / "bundle" / "croptune.yaml").is_file()
-    page = (tmp_path / "demo" / "run" / "report.html").read_text()
-    assert page.count('<section class="item"') == 6
