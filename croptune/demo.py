@@ -271,7 +271,7 @@ def run_demo(
     with RunStore(run_dir, create=False) as store, clock("report"):
         from toolkit.report import write_report
 
-        summary.labeled = sum(1 for item in store.items() if store.final_attributes(item.item_id))
+        summary.labeled = sum(1 for item_id in store.item_ids() if store.final_attributes(item_id))
         summary.report = write_report(store, run_dir / "report.html")
 
     adapters: dict[str, Path] = {}

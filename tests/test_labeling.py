@@ -163,7 +163,7 @@ def test_reference_teacher_without_attributes_raises_teacher_error(tmp_path):
     catalog = _catalog(tmp_path, [("A", [(64, 64)], None, [])])
     with RunStore(tmp_path / "run") as store:
         ingest_catalog(catalog, store)
-        item = store.items()[0]
+        item = next(store.items())
         teacher = _teacher()
         request = teacher.attributes_request(item, [], ["h"])
         with pytest.raises(TeacherError, match="no reference attributes"):

@@ -52,6 +52,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -113,45 +114,88 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: int = 480) -> Path:
-    """Write the run's review page (one self-contained HTML file) and return its path."""
+# Item sections one page holds at most: each carries its photos and crops as data: URIs
+# (~0.3 MB an item at the default thumbnail size), so a page of a huge run would be more
+# than a browser opens. The header's figures still count every item.
+DEFAULT_MAX_ITEMS = 2000
+
+
+def write_report(
+    store: RunStore,
+    out: Path,
+    page_size: int = 50,
+    thumb_side: int = 480,
+    max_items: int | None = None,
+) -> Path:
+    """Write the run's review page (one self-contained HTML file) and return its path.
+
+    Sections go to the page for the first max_items items (default DEFAULT_MAX_ITEMS; a
+    notice says how many of how many); the header's figures count them all. Only those
+    sections' store rows are held, and the pixels of a few items at a time.
+    """
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, not {page_size}")
     if thumb_side < 16:
         raise ValueError(f"thumb_side must be at least 16 pixels, not {thumb_side}")
+    max_items = DEFAULT_MAX_ITEMS if max_items is None else max_items
+    if max_items < 1:
+        raise ValueError(f"max_items must be at least 1, not {max_items}")
     out = Path(out)
     crop_hash = store.get_meta("crop_config_hash")
     # First pass, store rows only (cheap): flags and counts are known before any image is
-    # decoded, so the header can be written first and the items streamed after it.
-    outcomes = store.outcomes(PREDICT_STAGE)
-    kind = "predict" if outcomes else "label"
+    # decoded, so the header can be written first and the items streamed after it. The
+    # pass walks every item for the figures and keeps the sections shown.
+    predict = store.count_outcomes(PREDICT_STAGE) > 0
+    kind = "predict" if predict else "label"
     notices = []
-    if outcomes:
-        items = _predict_items(store, outcomes, page_size, crop_hash)
-        earlier = len({row.item_id for row in store.items()} - {i for i, _ in outcomes})
+    if predict:
+        sections = _predict_items(store, page_size, crop_hash)
+        earlier = store.count_items_without_outcome(PREDICT_STAGE)
         if earlier:
             notices.append(
                 f"{earlier} item(s) of earlier predict runs in this work folder are not in the "
                 "latest run and are not shown"
             )
     else:
-        items = _label_items(store, page_size, crop_hash)
+        sections = _label_items(store, page_size, crop_hash)
         if store.get_meta("bundle"):
             notices.append(
                 "this predict work folder holds no record of its predictions (written by an "
                 "older croptune): run `croptune predict` again to review them"
             )
-    sources = sorted({b.source for it in items for b in it.boxes if b.source != FUSED_SOURCE})
+    tally = _Tally()
+    items: list[_Item] = []
+    for it in sections:
+        tally.add(it)
+        if len(items) < max_items:
+            items.append(it)
+    if tally.items > len(items):
+        notices.append(
+            f"the first {len(items)} of {tally.items} items are shown (the figures above count "
+            f"all {tally.items}; the filters, the {len(items)} shown); `croptune report "
+            "--max-items N` shows more, in a larger file"
+        )
+    sources = sorted(set(tally.by_source) - {FUSED_SOURCE})
     colours = {s: TEACHER_COLOURS[i % len(TEACHER_COLOURS)] for i, s in enumerate(sources)}
-    if any(b.source == FUSED_SOURCE for it in items for b in it.boxes):
+    if FUSED_SOURCE in tally.by_source:
         colours[FUSED_SOURCE] = FUSED_COLOUR
     categories: dict[str, int] = {}
     for it in items:
         categories[it.category] = categories.get(it.category, 0) + 1
     filters = PREDICT_FILTERS if kind == "predict" else LABEL_FILTERS
     flag_counts = {flag: sum(flag in it.flags for it in items) for flag, _ in filters}
+    run_errors: list[dict[str, Any]] = []
+    if not predict:
+        listed = store.run_errors()
+        run_errors = list(islice(listed, max_items))
+        more = sum(1 for _ in listed)
+        if more:
+            notices.append(
+                f"the first {len(run_errors)} of {len(run_errors) + more} run-level errors are "
+                "listed"
+            )
 
     env = Environment(
         loader=PackageLoader("toolkit", "templates"),
@@ -170,7 +214,7 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
         "page_size": page_size,
         "pages": max(1, -(-len(items) // page_size)),
         "total": len(items),
-        "counts": _counts(kind, items),
+        "counts": _counts(kind, tally),
         "filters": [
             {"flag": flag, "label": label, "count": flag_counts[flag]} for flag, label in filters
         ],
@@ -183,7 +227,7 @@ def write_report(store: RunStore, out: Path, page_size: int = 50, thumb_side: in
         ],
         "notices": notices,
         "flag_names": {**FLAG_NAMES, "warned": "notes"} if kind == "predict" else FLAG_NAMES,
-        "run_errors": [] if outcomes else [e for e in store.errors() if e["item_id"] is None],
+        "run_errors": run_errors,
         "items": _ordered_map(renderer.render, items, workers=min(8, os.cpu_count() or 1)),
     }
     with atomic_write(out) as handle:
@@ -252,11 +296,10 @@ def _photo_problems(images: list[ImageRow]) -> dict[int, str]:
     return problems
 
 
-def _label_items(store: RunStore, page_size: int, crop_hash: str | None) -> list[_Item]:
+def _label_items(store: RunStore, page_size: int, crop_hash: str | None) -> Iterator[_Item]:
     """A labeled run's sections: stored items, then items only the store's errors name."""
-    items = []
-    stored = store.items()
-    for position, row in enumerate(stored):
+    position = -1  # the absent items' sections follow the stored items'
+    for position, row in enumerate(store.items()):
         labels = store.labels(row.item_id)
         final = store.final_attributes(row.item_id)
         boxes = [b for _, b in store.boxes(row.item_id)]
@@ -294,43 +337,26 @@ def _label_items(store: RunStore, page_size: int, crop_hash: str | None) -> list
             )
             if on
         ]
-        items.append(it)
-    known = {row.item_id for row in stored}
-    absent: dict[str, list[dict[str, Any]]] = {}
-    for event in store.errors():
-        if event["item_id"] is not None and event["item_id"] not in known:
-            absent.setdefault(event["item_id"], []).append(event)
-    for item_id, errors in absent.items():
-        position = len(items)
-        items.append(
-            _Item(
-                item_id=item_id,
-                item=None,
-                position=position,
-                page=position // page_size,
-                errors=errors,
-                flags=["failed", "no-label", "photos"],
-            )
+        yield it
+    for item_id in store.unstored_error_items():
+        position += 1
+        yield _Item(
+            item_id=item_id,
+            item=None,
+            position=position,
+            page=position // page_size,
+            errors=store.errors(item_id),
+            flags=["failed", "no-label", "photos"],
         )
-    return items
 
 
-def _predict_items(
-    store: RunStore,
-    outcomes: list[tuple[str | None, dict[str, Any] | None]],
-    page_size: int,
-    crop_hash: str | None,
-) -> list[_Item]:
+def _predict_items(store: RunStore, page_size: int, crop_hash: str | None) -> Iterator[_Item]:
     """A predict work folder's sections: one per line of the latest run, in its order."""
-    stored = {row.item_id: row for row in store.items()}
-    seen: set[str] = set()
-    items = []
-    for position, (item_id, record) in enumerate(outcomes):
+    for position, line in enumerate(store.outcomes(PREDICT_STAGE)):
+        item_id, record = line.item_id, line.record
         # A second line of one id is a duplicate catalog row: it has nothing of the item.
-        duplicate = item_id in seen
-        row = stored.get(item_id) if item_id is not None and not duplicate else None
-        if item_id is not None:
-            seen.add(item_id)
+        duplicate = line.repeated
+        row = store.item(item_id) if item_id is not None and not duplicate else None
         it = _Item(item_id=item_id, item=row, position=position, page=position // page_size)
         outcome = _outcome(record)
         it.outcome = outcome
@@ -378,8 +404,7 @@ def _predict_items(
             )
             if on
         ]
-        items.append(it)
-    return items
+        yield it
 
 
 def _outcome(record: dict[str, Any] | None) -> dict[str, Any]:
@@ -420,51 +445,80 @@ def _unique(texts: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def _counts(kind: str, items: list[_Item]) -> list[dict[str, Any]]:
+@dataclass
+class _Tally:
+    """The header's figures, summed item by item over the whole run (no section kept)."""
+
+    items: int = 0
+    absent: int = 0  # sections of items that never reached the run
+    photos: int = 0
+    unusable: int = 0
+    crops: int = 0
+    duplicates: int = 0
+    predicted: int = 0
+    by_source: Counter[str] = field(default_factory=Counter)
+    flags: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)  # predict: failed stage -> items
+    json_states: Counter[str | None] = field(default_factory=Counter)
+
+    def add(self, it: _Item) -> None:
+        """Count one section in."""
+        self.items += 1
+        self.absent += it.item is None
+        self.photos += len(it.images)
+        self.unusable += len(it.photo_problems)
+        self.crops += len(it.crops)
+        self.duplicates += sum(c.duplicate_of is not None for c in it.crops)
+        self.by_source.update(b.source for b in it.boxes)
+        self.flags.update(it.flags)
+        if it.outcome is not None:
+            self.predicted += it.outcome["status"] == "predicted"
+            self.json_states[it.outcome["json"]] += 1
+            if it.outcome["stage"]:
+                self.failures[it.outcome["stage"]] += 1
+
+
+def _counts(kind: str, tally: _Tally) -> list[dict[str, Any]]:
     """The header's figures: (number, what), each counting exactly what it says."""
-    images = [r for it in items for r in it.images]
-    unusable = sum(len(it.photo_problems) for it in items)
-    crops = [c for it in items for c in it.crops]
-    duplicates = sum(c.duplicate_of is not None for c in crops)
-    by_source = Counter(b.source for it in items for b in it.boxes)
     counts: list[dict[str, Any]] = []
 
     def add(number: int, what: str, detail: str = "") -> None:
         counts.append({"n": number, "what": what, "detail": detail})
 
-    flags = Counter(flag for it in items for flag in it.flags)
+    flags = tally.flags
     if kind == "predict":
-        failures = Counter(
-            it.outcome["stage"] for it in items if it.outcome and it.outcome["stage"]
-        )
-        json_states = Counter(it.outcome["json"] for it in items if it.outcome)
-        add(len(items), "items", "the latest predict run's output lines")
-        add(sum(it.outcome is not None and it.outcome["status"] == "predicted" for it in items),
-            "predicted")  # fmt: skip
+        add(tally.items, "items", "the latest predict run's output lines")
+        add(tally.predicted, "predicted")
+        failures = tally.failures
         add(flags["failed"], "failed", ", ".join(f"{s} {n}" for s, n in sorted(failures.items())))
         if flags["pending"]:
             add(flags["pending"], "not predicted yet")
-        add(json_states["valid"], "valid JSON")
-        add(json_states["repaired"], "repaired JSON", "not valid as written")
-        add(json_states["unusable"], "unreadable answers", "no JSON object of attributes")
+        add(tally.json_states["valid"], "valid JSON")
+        add(tally.json_states["repaired"], "repaired JSON", "not valid as written")
+        add(tally.json_states["unusable"], "unreadable answers", "no JSON object of attributes")
         add(flags["stopped"], "stopped generation")
         add(flags["warned"], "with notes")
     else:
-        absent = sum(it.item is None for it in items)
-        add(len(items), "items", f"{absent} never reached the run" if absent else "")
+        absent = tally.absent
+        add(tally.items, "items", f"{absent} never reached the run" if absent else "")
         add(flags["failed"], "failed")
         add(flags["disagree"], "disagree")
         add(flags["no-label"], "without labels")
         add(flags["warned"], "with warnings")
-    add(len(images) - unusable, "usable photos", f"{unusable} not usable" if unusable else "")
+    unusable = tally.unusable
+    add(tally.photos - unusable, "usable photos", f"{unusable} not usable" if unusable else "")
     add(flags["photos"], "items with photo problems")
+    by_source = tally.by_source
     add(
         sum(by_source.values()),
         "boxes",
         ", ".join(f"{s} {n}" for s, n in sorted(by_source.items())),
     )
+    duplicates = tally.duplicates
     add(
-        len(crops) - duplicates, "crops", f"{duplicates} duplicates, not used" if duplicates else ""
+        tally.crops - duplicates,
+        "crops",
+        f"{duplicates} duplicates, not used" if duplicates else "",
     )
     return counts
 

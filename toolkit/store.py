@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +68,30 @@ CREATE TABLE IF NOT EXISTS splits (
 """
 # `outcomes` and `splits` were added without a version bump: a new table is created in an
 # older store by _TABLES itself, and an older croptune ignores it.
+
+# The indexes the store's queries need beyond the primary keys and UNIQUE constraints
+# (tests/test_store_streaming.py checks every query's plan). Like a new table, a new index
+# needs no version bump: _INDEXES runs at every open, so a store written before an index
+# existed gets it then (built once, in place), and an older croptune ignores it.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS items_position ON items (position, item_id);
+CREATE INDEX IF NOT EXISTS boxes_source ON boxes (source);
+CREATE INDEX IF NOT EXISTS events_item_message ON events (item_id, message);
+CREATE INDEX IF NOT EXISTS outcomes_item ON outcomes (stage, item_id, position);
+CREATE INDEX IF NOT EXISTS splits_split ON splits (split);
+CREATE INDEX IF NOT EXISTS batches_open ON batches (teacher, status, created_at);
+"""
+# items_position: items() pages in catalog order without sorting the table per page.
+# boxes_source: box_sources() seeks each distinct source instead of reading every box.
+# events_item_message: log_event(once=True) finds an earlier event without reading every
+#   event of the item (catalog problems of no item are many in a bad catalog).
+# outcomes_item: update_outcome finds an item's row without reading the stage's every row.
+# splits_split: split_counts() counts from the index.
+# batches_open: open_batches() of one teacher.
+
+# Rows per page of the reads that scan the run (items(), outcomes(), ...): each page is
+# one query, fetched whole, so no cursor stays open while the caller writes.
+SCAN_PAGE_ROWS = 500
 
 # The meta key of the settings (JSON) that made the recorded split (the `splits` table).
 SPLIT_SETTINGS_KEY = "split_settings"
@@ -137,6 +161,16 @@ class CropRow:
     duplicate_of: str | None = None
 
 
+@dataclass(frozen=True)
+class OutcomeRow:
+    """One row of a stage's latest run (a predict output line): its record, None if unfinished."""
+
+    position: int
+    item_id: str | None  # None: a catalog row without a usable id
+    record: dict[str, Any] | None
+    repeated: bool = False  # an earlier row of the run has the same item id
+
+
 class RunStore:
     """The SQLite store of one run folder (WAL mode; every finished unit committed at once)."""
 
@@ -159,6 +193,7 @@ class RunStore:
             self._check_version()
             self._migrate()
             self._conn.executescript(_TABLES)
+            self._conn.executescript(_INDEXES)
         except sqlite3.DatabaseError as exc:
             raise CroptuneError(f"{self.path} is not a readable croptune store: {exc}") from exc
         self.set_meta("schema_version", str(SCHEMA_VERSION))
@@ -296,24 +331,71 @@ class RunStore:
                 ],
             )
 
-    def items(self, limit: int | None = None) -> list[ItemRow]:
-        """Items in catalog order."""
-        sql = "SELECT * FROM items ORDER BY position"
-        params: tuple[Any, ...] = ()
-        if limit is not None:
-            sql += " LIMIT ?"
-            params = (limit,)
-        return [
-            ItemRow(
-                item_id=r["item_id"],
-                title=r["title"],
-                category=r["category"],
-                text=r["text"],
-                reference_attributes=_loads(r["reference_attributes"]),
-                reference_boxes=_loads(r["reference_boxes"]) or [],
-            )
-            for r in self._query(sql, params)
-        ]
+    def items(self, limit: int | None = None, page_rows: int = SCAN_PAGE_ROWS) -> Iterator[ItemRow]:
+        """Items in catalog order, read page_rows at a time; the caller may write in between.
+
+        Pages are keyset pages on (position, item_id): an item re-stored during the scan
+        (same id and position, a new rowid) is still met exactly once, and at most one
+        page is held.
+        """
+        for rows in self._pages(
+            "SELECT * FROM items", ("position", "item_id"), "", (), limit, page_rows
+        ):
+            yield from (_item_row(r) for r in rows)
+
+    def item_ids(self, limit: int | None = None, page_rows: int = SCAN_PAGE_ROWS) -> Iterator[str]:
+        """The items' ids in catalog order, paged as items() is (for callers that need ids only)."""
+        select = "SELECT item_id, position FROM items"
+        for rows in self._pages(select, ("position", "item_id"), "", (), limit, page_rows):
+            yield from (r["item_id"] for r in rows)
+
+    def item(self, item_id: str) -> ItemRow | None:
+        """One stored item, or None when the store does not hold it."""
+        rows = self._query("SELECT * FROM items WHERE item_id=?", (item_id,))
+        return _item_row(rows[0]) if rows else None
+
+    def count_items(self) -> int:
+        """How many items the store holds."""
+        return int(self._query("SELECT COUNT(*) AS n FROM items")[0]["n"])
+
+    def _pages(
+        self,
+        select: str,
+        key: tuple[str, ...],
+        where: str,
+        params: tuple[Any, ...],
+        limit: int | None,
+        page_rows: int,
+    ) -> Iterator[list[sqlite3.Row]]:
+        """Keyset pages of `select` (SELECT ... FROM ...) with the conditions `where` (params
+        fill them), in the order of `key`, page_rows rows at a time, limit rows in all.
+
+        `key` names columns that are unique together and selected; a page starts after the
+        previous page's last key. Each page is one query fetched whole under the lock, so
+        no cursor stays open while the caller works on it: a held cursor on this connection
+        would meet again a row the caller re-stores (INSERT OR REPLACE gives it a new
+        rowid), or miss one.
+        """
+        if page_rows < 1:
+            raise ValueError(f"page_rows must be at least 1, not {page_rows}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be 0 or more, not {limit}")
+        order = f" ORDER BY {', '.join(key)} LIMIT ?"
+        after_key = f"({', '.join(key)}) > ({', '.join('?' * len(key))})"
+        after: tuple[Any, ...] = ()
+        left = limit
+        while left is None or left > 0:
+            size = page_rows if left is None else min(page_rows, left)
+            conditions = [c for c in (where, after_key if after else "") if c]
+            sql = select + (f" WHERE {' AND '.join(conditions)}" if conditions else "") + order
+            rows = self._query(sql, (*params, *after, size))
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            after = tuple(rows[-1][k] for k in key)
+            if left is not None:
+                left -= len(rows)
 
     def images(self, item_id: str) -> list[ImageRow]:
         """An item's images in catalog order."""
@@ -461,6 +543,23 @@ class RunStore:
             for r in rows
         ]
 
+    def box_sources(self) -> list[str]:
+        """The distinct sources of the run's boxes (teachers, fused), sorted.
+
+        One index seek per source (boxes_source), not a read of every box.
+        """
+        sources: list[str] = []
+        while True:
+            if sources:
+                rows = self._query(
+                    "SELECT MIN(source) AS s FROM boxes WHERE source > ?", (sources[-1],)
+                )
+            else:
+                rows = self._query("SELECT MIN(source) AS s FROM boxes")
+            if rows[0]["s"] is None:
+                return sources
+            sources.append(rows[0]["s"])
+
     def set_boxes(self, item_id: str, source: str, boxes: list[Box]) -> None:
         """Replace an item's boxes of one source (e.g. the fused boxes) in one transaction."""
         with self.transaction() as conn:
@@ -606,11 +705,12 @@ class RunStore:
 
     # outcomes: one record per catalog row of a stage's latest run (predict's output lines)
     def set_outcomes(
-        self, stage: str, rows: list[tuple[str | None, dict[str, Any] | None]]
+        self, stage: str, rows: Iterable[tuple[str | None, dict[str, Any] | None]]
     ) -> None:
         """Replace a stage's outcomes with a new run's rows, in order: (item id, record or None).
 
-        None marks a row the run has not finished yet; update_outcome fills it in.
+        None marks a row the run has not finished yet; update_outcome fills it in. rows may
+        be a generator: they are written as they come, in one transaction.
         """
         now = time.time()
         with self.transaction() as conn:
@@ -618,7 +718,7 @@ class RunStore:
             conn.executemany(
                 "INSERT INTO outcomes (stage, position, item_id, record, updated_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(stage, i, item_id, _dumps(rec), now) for i, (item_id, rec) in enumerate(rows)],
+                ((stage, i, item_id, _dumps(rec), now) for i, (item_id, rec) in enumerate(rows)),
             )
 
     def update_outcome(self, stage: str, item_id: str, record: dict[str, Any]) -> None:
@@ -630,12 +730,34 @@ class RunStore:
                 (_dumps(record), time.time(), stage, stage, item_id),
             )
 
-    def outcomes(self, stage: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-        """The stage's latest run, row by row in order: (item id, record or None if unfinished)."""
-        rows = self._query(
-            "SELECT item_id, record FROM outcomes WHERE stage=? ORDER BY position", (stage,)
+    def outcomes(self, stage: str, page_rows: int = SCAN_PAGE_ROWS) -> Iterator[OutcomeRow]:
+        """The stage's latest run, row by row in order, read page_rows at a time."""
+        # repeated: an earlier row has the same id (a duplicate catalog row), found by the
+        # outcomes_item index rather than by a set of every id seen.
+        select = (
+            "SELECT position, item_id, record, EXISTS (SELECT 1 FROM outcomes AS o WHERE "
+            "o.stage = outcomes.stage AND o.item_id = outcomes.item_id AND o.position < "
+            "outcomes.position) AS repeated FROM outcomes"
         )
-        return [(r["item_id"], _loads(r["record"])) for r in rows]
+        for rows in self._pages(select, ("position",), "stage=?", (stage,), None, page_rows):
+            for r in rows:
+                yield OutcomeRow(
+                    r["position"], r["item_id"], _loads(r["record"]), bool(r["repeated"])
+                )
+
+    def count_outcomes(self, stage: str) -> int:
+        """How many rows the stage's latest run has (0: the stage never ran here)."""
+        rows = self._query("SELECT COUNT(*) AS n FROM outcomes WHERE stage=?", (stage,))
+        return int(rows[0]["n"])
+
+    def count_items_without_outcome(self, stage: str) -> int:
+        """How many stored items no row of the stage's latest run names (earlier runs' items)."""
+        rows = self._query(
+            "SELECT COUNT(*) AS n FROM items WHERE NOT EXISTS (SELECT 1 FROM outcomes "
+            "WHERE outcomes.stage=? AND outcomes.item_id = items.item_id)",
+            (stage,),
+        )
+        return int(rows[0]["n"])
 
     # splits: the one train/validation/test split of the run's items (toolkit.dataset.splits
     # owns it)
@@ -643,6 +765,16 @@ class RunStore:
         """item_id -> split as recorded in the run (empty when no split was recorded)."""
         rows = self._query("SELECT item_id, split FROM splits ORDER BY item_id")
         return {r["item_id"]: r["split"] for r in rows}
+
+    def recorded_split(self, item_id: str) -> str | None:
+        """The item's recorded split, or None when it has none."""
+        rows = self._query("SELECT split FROM splits WHERE item_id=?", (item_id,))
+        return rows[0]["split"] if rows else None
+
+    def split_counts(self) -> dict[str, int]:
+        """How many items each recorded split holds (empty when no split was recorded)."""
+        rows = self._query("SELECT split, COUNT(*) AS n FROM splits GROUP BY split ORDER BY split")
+        return {r["split"]: r["n"] for r in rows}
 
     def split_settings(self) -> dict[str, Any] | None:
         """The settings that made the recorded split, or None when none was recorded."""
@@ -699,7 +831,11 @@ class RunStore:
             )
 
     def errors(self, item_id: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
-        """Recorded errors (the export shape: stage, teacher, image, message)."""
+        """Recorded errors (the export shape: stage, teacher, image, message).
+
+        A list: meant for one item or one stage; run_errors() and unstored_error_items()
+        walk the whole run.
+        """
         return self._events("error", item_id, stage)
 
     def open_errors(self, item_id: str | None = None) -> list[dict[str, Any]]:
@@ -715,6 +851,39 @@ class RunStore:
     ) -> list[dict[str, Any]]:
         """Recorded warnings (a value guessed, clipped or dropped), shaped as errors() are."""
         return self._events("warning", item_id, stage)
+
+    def run_errors(self, page_rows: int = SCAN_PAGE_ROWS) -> Iterator[dict[str, Any]]:
+        """Recorded errors of no item (a catalog row without a usable id, a run-wide failure),
+        oldest first, read page_rows at a time."""
+        where = "item_id IS NULL AND level='error'"
+        for rows in self._pages("SELECT * FROM events", ("id",), where, (), None, page_rows):
+            yield from (_event(r) for r in rows)
+
+    def unstored_error_items(
+        self, limit: int | None = None, page_rows: int = SCAN_PAGE_ROWS
+    ) -> Iterator[str]:
+        """Ids of items the store holds errors of but not the item itself (refused by the
+        catalog, or no photo could be used), in the order of their first error."""
+        # Each item at its first error: the scan walks the events once, in id order.
+        where = (
+            "item_id IS NOT NULL AND level='error' "
+            "AND NOT EXISTS (SELECT 1 FROM items WHERE items.item_id = events.item_id) "
+            "AND NOT EXISTS (SELECT 1 FROM events AS e WHERE e.item_id = events.item_id "
+            "AND e.level='error' AND e.id < events.id)"
+        )
+        select = "SELECT id, item_id FROM events"
+        for rows in self._pages(select, ("id",), where, (), limit, page_rows):
+            yield from (r["item_id"] for r in rows)
+
+    def count_unstored_error_items(self) -> int:
+        """How many items unstored_error_items() names."""
+        # Grouped off events_item, in its order: no temporary table of the distinct ids.
+        rows = self._query(
+            "SELECT COUNT(*) AS n FROM (SELECT item_id FROM events WHERE item_id IS NOT NULL "
+            "AND level='error' GROUP BY item_id) AS named WHERE NOT EXISTS "
+            "(SELECT 1 FROM items WHERE items.item_id = named.item_id)"
+        )
+        return int(rows[0]["n"])
 
     def _events(
         self, level: str, item_id: str | None, stage: str | None, settled_excluded: bool = False
@@ -734,16 +903,29 @@ class RunStore:
         if stage is not None:
             sql += " AND stage=?"
             params += (stage,)
-        return [
-            {
-                "stage": r["stage"],
-                "item_id": r["item_id"],
-                "teacher": r["teacher"],
-                "image": r["image"],
-                "message": r["message"],
-            }
-            for r in self._query(sql + " ORDER BY id", params)
-        ]
+        return [_event(r) for r in self._query(sql + " ORDER BY id", params)]
+
+
+def _event(r: sqlite3.Row) -> dict[str, Any]:
+    """An events row as the export shapes it."""
+    return {
+        "stage": r["stage"],
+        "item_id": r["item_id"],
+        "teacher": r["teacher"],
+        "image": r["image"],
+        "message": r["message"],
+    }
+
+
+def _item_row(r: sqlite3.Row) -> ItemRow:
+    return ItemRow(
+        item_id=r["item_id"],
+        title=r["title"],
+        category=r["category"],
+        text=r["text"],
+        reference_attributes=_loads(r["reference_attributes"]),
+        reference_boxes=_loads(r["reference_boxes"]) or [],
+    )
 
 
 def _dumps(value: Any) -> str | None:

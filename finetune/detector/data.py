@@ -27,7 +27,7 @@ BoxSelector = Callable[[list[Box]], list[Box]]
 def box_selector(store: RunStore, config: DetectorConfig) -> tuple[BoxSelector, str]:
     """The function picking one image's training boxes from all its stored boxes, and a
     description of the source used."""
-    sources = {box.source for item in store.items() for _, box in store.boxes(item.item_id)}
+    sources = set(store.box_sources())  # one index seek per source, not a read of every box
     if not sources:
         raise CroptuneError(
             f"run {store.run_dir} has no boxes to train a detector on; label it with a box "

@@ -122,21 +122,22 @@ def load_references(
         with RunStore(source, create=False) as store:
             recorded = store.get_meta("schema_json")
             schema = AttributeSchema.model_validate_json(recorded) if recorded else None
-            splits = store.recorded_splits() if split is not None else {}
-            if split is not None and not splits:
+            split_counts = store.split_counts() if split is not None else {}
+            if split is not None and not split_counts:
                 raise CroptuneError(
                     f"run {source} has no recorded split (`croptune dataset build` records "
                     "one); leave out --split to score every item both sides have"
                 )
-            if split is not None and split not in set(splits.values()):
+            if split is not None and split not in split_counts:
                 raise CroptuneError(
                     f"run {source} has no split {split!r}; its recorded split has "
-                    f"{', '.join(sorted(set(splits.values())))}"
+                    f"{', '.join(sorted(split_counts))}"
                 )
             references = References(source=source, items={}, schema=schema, split=split)
-            for item in store.items():
-                attributes = store.final_attributes(item.item_id)
-                _add_reference(references, item.item_id, attributes, splits.get(item.item_id))
+            for item_id in store.item_ids():
+                attributes = store.final_attributes(item_id)
+                item_split = store.recorded_split(item_id) if split is not None else None
+                _add_reference(references, item_id, attributes, item_split)
         return references
     if not source.is_file():
         raise CroptuneError(

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,7 @@ def predict_catalog(
         predictor = Predictor(bundle, store, backend, box_source)
         if predictor.box_source.name == DETECTOR_SOURCE:
             logger.log(*bundle.coverage_note())
-        todo: list[ItemRow] = []
-        stored = {row.item_id: row for row in store.items()}
+        todo: list[str] = []  # ids: each item's row is read when its batch comes
         for item in scope:
             if item.item_id in records:
                 continue  # failed at ingest
@@ -92,7 +92,7 @@ def predict_catalog(
                 records[item.item_id] = done
                 summary.resumed += 1
             else:
-                todo.append(stored[item.item_id])
+                todo.append(item.item_id)
         if summary.resumed:
             logger.info(
                 "%d item(s) already predicted in %s: not asked again", summary.resumed, workdir
@@ -100,8 +100,10 @@ def predict_catalog(
         # This run's lines as the store's outcomes (None: not done yet), for `croptune report`.
         store.set_outcomes(
             PREDICT_STAGE,
-            [(item.item_id, records.get(item.item_id)) for item in scope]
-            + [(record["item_id"], record) for record in problems],
+            chain(
+                ((item.item_id, records.get(item.item_id)) for item in scope),
+                ((record["item_id"], record) for record in problems),
+            ),
         )
 
         loop_seconds = 0.0
@@ -143,7 +145,7 @@ def predict_catalog(
 
 def _run_items(
     predictor: Predictor,
-    todo: list[ItemRow],
+    todo: list[str],
     batch_size: int,
     progress: bool,
     records: dict[str, dict[str, Any]],
@@ -158,7 +160,7 @@ def _run_items(
     with ProgressBar("predict", len(todo), progress) as bar:
         for start in range(0, len(todo), size):
             ready: list[PreparedItem] = []
-            for item in todo[start : start + size]:
+            for item in _stored_items(predictor.store, todo[start : start + size]):
                 try:
                     ready.append(predictor.prepare_item(item))
                 except ItemFailed as failure:
@@ -197,6 +199,17 @@ def _run_items(
                      "seconds": prepared.seconds}
                 )  # fmt: skip
                 _emit(predictor.store, record, records, on_record, bar)
+
+
+def _stored_items(store: RunStore, item_ids: list[str]) -> list[ItemRow]:
+    """The stored rows of these items (ingested in this run: a missing one is a bug)."""
+    rows = []
+    for item_id in item_ids:
+        row = store.item(item_id)
+        if row is None:
+            raise CroptuneError(f"item {item_id!r} is not in the work folder {store.run_dir}")
+        rows.append(row)
+    return rows
 
 
 def _emit(

@@ -178,19 +178,19 @@ def crop_run(
     store is read and written by the calling thread only. image_budget (the dataset
     config's max_images_per_item) only shapes the summary: no crop depends on it.
     """
-    from toolkit.progress import track
+    from toolkit.progress import ProgressBar
 
     summary = CropSummary(strategy=config.strategy, image_budget=image_budget)
     (store.run_dir / "crops").mkdir(exist_ok=True)
     config_hash = config.config_hash()
     store.set_meta("crop_config_hash", config_hash)
     store.set_meta("crop_config", config.model_dump_json())
-    items = store.items()
-    pending = (_prepare(store, item.item_id, config, config_hash) for item in items)
-    finished = _run_jobs(pending, _cut_item, workers)
-    for _ in track(items, "crop", progress):
-        entry, result = next(finished)
-        _record(store, entry, result, config, config_hash, summary)
+    # The items stream in pages (no list of the run); _record writes between them.
+    pending = (_prepare(store, item_id, config, config_hash) for item_id in store.item_ids())
+    with ProgressBar("crop", store.count_items(), progress) as bar:
+        for entry, result in _run_jobs(pending, _cut_item, workers):
+            _record(store, entry, result, config, config_hash, summary)
+            bar.advance()
     return summary
 
 
