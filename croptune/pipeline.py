@@ -166,11 +166,15 @@ def run_dataset(
     config: DatasetConfig,
     progress: bool = False,
     resplit: bool = False,
+    workers: int | None = 1,
 ) -> DatasetSummary:
-    """Build the training dataset of a labeled (and cropped) run (resplit: split it again)."""
+    """Build the training dataset of a labeled (and cropped) run (resplit: split it again;
+    workers: processes building examples, None: as many as pay off)."""
     with RunStore(run_dir, create=False) as store:
         schema = run_schema(store)
-        summary = build_dataset(store, out_dir, schema, config, progress=progress, resplit=resplit)
+        summary = build_dataset(
+            store, out_dir, schema, config, progress=progress, resplit=resplit, workers=workers
+        )
     save_resolved_config(config, out_dir / "dataset_config.yaml")
     return summary
 

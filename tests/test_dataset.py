@@ -93,6 +93,8 @@ def test_stock_photo_on_every_listing_trains_and_says_how_many_were_grouped(tmp_
     cells = " ".join(built.stdout.replace("│", " ").split())  # the table's wrapped cells
     assert "{'median'" not in cells
     assert "images per example median" in cells and "assuming image_tokens=256" in cells
+    # How the images were stored: the example's upright photos and crops as their bytes.
+    assert "images stored" in cells and "as their files' bytes" in cells
     stats = json.loads((tmp_path / "ds" / "croptune_dataset.json").read_text())["stats"]
     assert stats["examples"] == {"train": 12, "validation": 0, "test": 0}
     assert stats["shared_photos"]["items"] == 12 and stats["shared_photos"]["largest"] == 12

@@ -68,7 +68,7 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         examples=splits, images_per_example=[len(r["images"]) for rs in rows.values() for r in rs]
     )
     facts = {
-        "config": DatasetConfig().model_dump(mode="json"),
+        "config": DatasetConfig(max_image_side=1024).model_dump(mode="json"),
         "schema": _schema().model_dump(mode="json"),
         "crop_config": CropConfig().model_dump(mode="json"),
         "stats": summary.stats(),
@@ -482,7 +482,7 @@ def test_base_model_id_is_never_a_local_path(tmp_path, model, override, expected
 @pytest.mark.slow  # the bundle fixture: `croptune export --merge`, ~15 s
 def test_model_card_client_sends_what_the_student_was_trained_on(bundle, tmp_path, monkeypatch):
     """The README's openai snippet, against a real HTTP server: images and prompt as trained."""
-    from toolkit.dataset.rows import _downscale, example_row
+    from toolkit.dataset.rows import example_row, fit_image
 
     card = (bundle / "README.md").read_text()
     code = card.split("```python\n", 1)[1].split("```", 1)[0]
@@ -503,7 +503,7 @@ def test_model_card_client_sends_what_the_student_was_trained_on(bundle, tmp_pat
     assert sent["model"] == "croptune-tiny" and sent["temperature"] == 0
     parts = sent["messages"][0]["content"]
     assert [p["type"] for p in parts] == ["image_url"] * 3 + ["text"]
-    originals = [_downscale(Image.open(p).convert("RGB"), 1024) for p in photos]
+    originals = [fit_image(Image.open(p).convert("RGB"), 1024) for p in photos]
     trained = example_row(originals + crops, _prompt("Kettle 100"), "{}")
     assert parts[-1]["text"] == trained["prompt"][0]["content"][-1]["text"]
     urls = [p["image_url"]["url"] for p in parts[:-1]]

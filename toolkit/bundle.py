@@ -33,7 +33,7 @@ LISTING_TEXT = (
 IMAGES_TEXT = (
     "one image part per image, all BEFORE the one text part: the kept originals in catalog "
     "order (oriented, RGB, longer side at most originals_max_side), then the crops in image "
-    "order"
+    "order (longer side at most crops_max_side when set)"
 )
 MESSAGES_TEXT = "one user message; no system message; the answer is the reply"
 
@@ -71,6 +71,12 @@ class PromptSpec(_Part):
     )
     originals_max_side: int | None = Field(
         ..., ge=1, description="Longer side of the originals in pixels, as the dataset resized them"
+    )
+    crops_max_side: int | None = Field(
+        None,
+        ge=1,
+        description="Longer side of the crops in pixels, as the dataset resized them (null: "
+        "crops as cut, as datasets built before croptune resized crops)",
     )
     decoding: Decoding = Field(..., description="Generation settings")
 

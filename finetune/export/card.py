@@ -103,9 +103,7 @@ def data_url(image):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def load_original(path):
-    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    side = PROMPT["originals_max_side"]
+def fit(image, side):
     if side and max(image.size) > side:
         scale = side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -113,9 +111,15 @@ def load_original(path):
     return image
 
 
+def load_original(path):
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    return fit(image, PROMPT["originals_max_side"])
+
+
 def extract(originals, crops=(), title=None, text=None):
     """originals: photo paths in catalog order; crops: PIL crops cut as in training."""
-    images = [load_original(path) for path in originals] + list(crops)
+    images = [load_original(path) for path in originals]
+    images += [fit(crop, PROMPT.get("crops_max_side")) for crop in crops]
     prompt = PROMPT["instructions"]
     listing = "\\n".join(part.strip() for part in (title, text) if part and part.strip())
     if listing:

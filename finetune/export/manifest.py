@@ -215,6 +215,10 @@ def bundle_manifest(
             if (adapter_dir / CHAT_TEMPLATE_FILE).is_file()
             else None,
             originals_max_side=dataset_config.get("max_image_side"),
+            # A dataset config without resize_crops predates it: its crops were kept as cut.
+            crops_max_side=dataset_config.get("max_image_side")
+            if dataset_config.get("resize_crops")
+            else None,
             decoding=Decoding(max_new_tokens=DEFAULT_MAX_NEW_TOKENS),
         ),
         schema_=schema,

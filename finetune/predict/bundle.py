@@ -113,11 +113,19 @@ def load_bundle(path: Path | str) -> Bundle:
             f"bundle {path} records no {', '.join(missing)} in {BUNDLE_FILE} (how training "
             f"built its examples); {EXPORT_WITH_DATASET}"
         )
+    crops_side = manifest.prompt.crops_max_side
+    if crops_side is not None and crops_side != manifest.prompt.originals_max_side:
+        raise CroptuneError(
+            f"bundle {path}: prompt.crops_max_side {crops_side} differs from "
+            f"prompt.originals_max_side {manifest.prompt.originals_max_side} in {BUNDLE_FILE}; "
+            f"croptune fits both to one max_image_side; {EXPORT_AGAIN}"
+        )
     try:
         dataset_config = DatasetConfig(
             strategy=manifest.dataset.strategy,
             max_images_per_item=manifest.image_budget,
             max_image_side=manifest.prompt.originals_max_side,
+            resize_crops=crops_side is not None,
         )
     except ValidationError as exc:
         error = config_error(exc, f"bundle {path}: the dataset settings in {BUNDLE_FILE}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -13,9 +14,11 @@ from toolkit.images import (
     DEFAULT_MAX_PIXELS,
     ImageChangedError,
     decode_image,
+    decode_resized,
     file_stat,
-    load_image,
+    pixel_hash,
     read_image_bytes,
+    resized,
 )
 from toolkit.store import INGEST_STAGE, ImageRow, ItemRow, RunStore
 
@@ -99,10 +102,38 @@ def load_ingested_image(row: ImageRow) -> Image.Image:
 
     An unchanged local file (same size and mtime) is decoded without hashing it again.
     """
+    image = read_ingested_image(row, decode=True)[1]
+    assert image is not None  # decode=True always decodes
+    return image
+
+
+def read_ingested_image(row: ImageRow, decode: bool = True) -> tuple[bytes, Image.Image | None]:
+    """An ingested image's file bytes and oriented RGB pixels, read once; ImageLoadError if its
+    pixels changed since ingest.
+
+    An unchanged local file (same size and mtime) is not hashed again, and with decode=False
+    not decoded either (pixels None): the dataset stores such bytes as they are.
+    """
     stat = file_stat(row.uri)
+    data = read_image_bytes(row.uri)
     if stat is not None and stat == row.file_stat:
-        return decode_image(read_image_bytes(row.uri))
-    loaded = load_image(row.uri)
-    if loaded.sha256 != row.sha256:
+        return data, decode_image(data) if decode else None
+    image = decode_image(data)
+    if pixel_hash(image) != row.sha256:
         raise ImageChangedError("changed since ingest; run `croptune label` again to re-ingest")
-    return loaded.image
+    return data, image
+
+
+def load_ingested_resized(
+    row: ImageRow, sizes: Sequence[tuple[int, int] | None], draft: bool = True
+) -> list[Image.Image]:
+    """An ingested image at each of `sizes` (None: as ingested), resized as every image sent to
+    a teacher is (`toolkit.images.decode_resized`); ImageLoadError if it changed since ingest.
+
+    An unchanged file is decoded at the smallest JPEG scale each size needs (draft); a changed
+    one at full scale, to check its pixels against the ingested hash.
+    """
+    data, image = read_ingested_image(row, decode=False)
+    if image is None:
+        return decode_resized(data, sizes, draft=draft)[0]
+    return [image if size is None else resized(image, size) for size in sizes]

@@ -1,7 +1,9 @@
 """The dataset stage: labeled items -> a `datasets` DatasetDict of multi-image examples.
 
 config.py DatasetConfig; splits.py the one split authority (recorded in the run store);
-rows.py an item's example (images, prompt, answer) as a row; build.py build_dataset.
+rows.py an item's example (images, prompt, answer) as a row; stored.py how its images are
+stored (their files' bytes, or PNG of what croptune changed); chunks.py items built in
+chunks, in worker processes, reused by a rerun; build.py build_dataset.
 """
 
 from toolkit.dataset.build import build_dataset

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from toolkit.crops.config import CropConfig
+from toolkit.dataset.chunks import (
+    CHUNK_ITEMS,
+    IMAGE_UNREADABLE,
+    NO_ATTRIBUTES,
+    WORK_DIR,
+    BuildSpec,
+    build_key,
+    plan_chunks,
+    prepare_work_dir,
+    run_chunks,
+)
 from toolkit.dataset.config import DatasetConfig
-from toolkit.dataset.rows import answer_text, dataset_features, example_row, item_example
+from toolkit.dataset.rows import dataset_features
 from toolkit.dataset.splits import (
     SPLITS,
     ItemSplit,
@@ -21,8 +33,8 @@ from toolkit.dataset.splits import (
     shared_photo_groups,
     split_input,
 )
+from toolkit.dataset.stored import REASONS
 from toolkit.errors import CroptuneError
-from toolkit.images import ImageLoadError
 from toolkit.schema import AttributeSchema
 from toolkit.store import RunStore
 
@@ -38,6 +50,12 @@ class DatasetSummary:
     # Items that share a photo with another item, grouped (each group stays in one split).
     shared_photo_groups: list[list[str]] = field(default_factory=list)
     split: ItemSplit | None = None  # the run's split the examples follow
+    # Images stored as their files' bytes ("source_bytes") or as PNG ("png"), and why PNG
+    # (stored.REASONS: resized, exif_turned, converted, reencode; an image may have several).
+    images_stored: dict[str, int] = field(default_factory=dict)
+    chunks_built: int = 0
+    chunks_reused: int = 0  # finished by an earlier, interrupted build of the same settings
+    processes: int = 1  # the most processes that built chunks at once (1: this one)
 
     def shared_photos(self) -> dict[str, Any]:
         """How many items were grouped by shared photos, in how many groups, the largest."""
@@ -64,6 +82,15 @@ class DatasetSummary:
             "image_tokens_per_example": {
                 "median": statistics.median(counts) * self.image_tokens,
                 "max": max(counts) * self.image_tokens,
+            },
+            "images_stored": {
+                "source_bytes": self.images_stored.get("source_bytes", 0),
+                "png": self.images_stored.get("png", 0),
+                "png_because": {
+                    reason: self.images_stored[reason]
+                    for reason in REASONS
+                    if self.images_stored.get(reason)
+                },
             },
         }
 
@@ -95,6 +122,19 @@ def _check_train_left(splits: dict[str, str], summary: DatasetSummary) -> None:
     )
 
 
+# With no number of workers asked for, processes start only when the chunks left would
+# take longer than this in process: starting one costs 1-3 s (an interpreter, pyarrow,
+# croptune), more than a build of source bytes takes for a few hundred items.
+PARALLEL_AFTER_S = 10.0
+
+
+def default_workers() -> int:
+    """The most worker processes of `dataset build` when none are asked for: up to 4, one
+    per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(4, cores or 1)
+
+
 def build_dataset(
     store: RunStore,
     out_dir: Path,
@@ -103,32 +143,35 @@ def build_dataset(
     crop_config_hash: str | None = None,
     progress: bool = False,
     resplit: bool = False,
+    workers: int | None = 1,
+    reencode: bool = False,
+    chunk_items: int = CHUNK_ITEMS,
 ) -> DatasetSummary:
     """Write a DatasetDict (train/validation/test) of the run's labeled items to out_dir.
 
     Items are split by the run's recorded split (item_splits: recorded by the first stage
     that splits the run, with its settings); resplit: split again with config's settings.
+    Images are stored as their files' bytes when croptune did not change their pixels, else
+    as PNG (toolkit.dataset.stored); reencode: PNG for all (the builder before source bytes).
+    The items are built chunk_items at a time (toolkit.dataset.chunks) in `workers`
+    processes (1: in this one; None: in this one, then up to default_workers() processes
+    once the chunks left would take longer than PARALLEL_AFTER_S), streamed: the same
+    dataset whatever the number of workers. A rerun after an interrupted build reuses its
+    finished chunks.
     """
-    from datasets import Dataset, DatasetDict
-
-    from toolkit.progress import track
-
     if not progress:
         import datasets
 
         datasets.disable_progress_bars()
     summary = DatasetSummary(image_tokens=config.image_tokens)
     crop_config_hash = crop_config_hash or store.get_meta("crop_config_hash")
-    candidates = {}
+    # Only small per-item facts are held: the split's inputs (category, photo hashes).
+    candidates: dict[str, dict[str, Any]] = {}
     for item in store.items():
-        attributes = store.final_attributes(item.item_id)
-        if not attributes:
-            summary.left_out["no final attributes"] = (
-                summary.left_out.get("no final attributes", 0) + 1
-            )
+        if not store.final_attributes(item.item_id):
+            summary.left_out[NO_ATTRIBUTES] = summary.left_out.get(NO_ATTRIBUTES, 0) + 1
             continue
-        candidates[item.item_id] = {"item": item, "attributes": attributes,
-                                    **split_input(store, item)}  # fmt: skip
+        candidates[item.item_id] = split_input(store, item)
     if not candidates:
         raise CroptuneError("no item of this run has final attributes; run `croptune label` first")
     split = item_splits(
@@ -137,46 +180,28 @@ def build_dataset(
     summary.split = split
     splits = {item_id: split.splits[item_id] for item_id in candidates}
     summary.shared_photo_groups = shared_photo_groups(candidates)
+    del candidates
     _check_train_left(splits, summary)
     split.record(store)
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
-    for item_id in track(list(candidates), "dataset", progress):
-        entry = candidates[item_id]
-        item = entry["item"]
-        try:
-            images, prompt = item_example(store, item, schema, config, crop_config_hash)
-        except ImageLoadError as exc:
-            summary.left_out["image unreadable"] = summary.left_out.get("image unreadable", 0) + 1
-            store.log_event("dataset", str(exc), item_id=item_id)
-            continue
-        # Stored losslessly: `datasets` re-encodes an image that still carries its source
-        # format (a JPEG photo, a JPEG crop) in that format at quality 75, which would give
-        # training pixels that `predict` (and evaluation of a served model) never sees.
-        images = [_lossless(image) for image in images]
-        row = example_row(images, prompt, answer_text(entry["attributes"]))
-        row.update(item_id=item_id, category=item.category or "")
-        rows[splits[item_id]].append(row)
-        summary.images_per_example.append(len(images))
-    if not rows["train"]:
+
+    created = not out_dir.exists()
+    key = build_key(schema, config, crop_config_hash, reencode, chunk_items)
+    work_dir = prepare_work_dir(out_dir, key)
+    arrow_schema = dataset_features().arrow_schema
+    spec = BuildSpec(
+        store.run_dir, work_dir, schema, config, crop_config_hash, reencode, arrow_schema
+    )
+    files = _build_chunks(store, spec, splits, chunk_items, workers, progress, summary)
+    if not files["train"]:
+        shutil.rmtree(out_dir / WORK_DIR)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
         raise CroptuneError(
             f"no train example could be built: every train item's images were unreadable "
-            f"({summary.left_out.get('image unreadable', 0)} items left out; see "
+            f"({summary.left_out.get(IMAGE_UNREADABLE, 0)} items left out; see "
             "`croptune report`); nothing was written"
         )
-    features = dataset_features()
-    # Column-wise, so that an empty split still gets its columns.
-    dataset = DatasetDict(
-        {
-            name: Dataset.from_dict(
-                {key: [row[key] for row in rows[name]] for key in features}, features=features
-            )
-            for name in SPLITS
-            if rows[name]  # datasets cannot reload an empty saved split
-        }
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dataset.save_to_disk(str(out_dir))
-    summary.examples = {name: len(rows[name]) for name in SPLITS}
+    _save(files, out_dir)
     crop_config = store.get_meta("crop_config")
     facts = {
         "config": config.model_dump(mode="json"),
@@ -191,9 +216,69 @@ def build_dataset(
         "stats": summary.stats(),
     }
     (out_dir / "croptune_dataset.json").write_text(json.dumps(facts, indent=2))
+    shutil.rmtree(out_dir / WORK_DIR)  # the saved dataset holds it all now
     return summary
 
 
-def _lossless(image: Image.Image) -> Image.Image:
-    """The image without its source format, so `datasets` stores it as PNG (lossless)."""
-    return image.copy() if image.format is not None else image
+def _build_chunks(
+    store: RunStore,
+    spec: BuildSpec,
+    splits: dict[str, str],
+    chunk_items: int,
+    workers: int | None,
+    progress: bool,
+    summary: DatasetSummary,
+) -> dict[str, list[Path]]:
+    """Build (or reuse) every chunk, adding each to the summary; per split, its Arrow files."""
+    from toolkit.progress import ProgressBar
+
+    files: dict[str, list[Path]] = {name: [] for name in SPLITS}
+    summary.examples = dict.fromkeys(SPLITS, 0)
+    total = -(-len(splits) // chunk_items)
+    # None: up to default_workers() processes, once the build proves long enough for them.
+    after_s = PARALLEL_AFTER_S if workers is None else None
+    # More processes than chunks would only start up and wait.
+    processes = min(default_workers() if workers is None else workers, total)
+    chunks = plan_chunks(store, splits, chunk_items, spec.work_dir.name, spec.crop_config_hash)
+    with (
+        ProgressBar("dataset", len(splits), progress) as bar,
+        closing(run_chunks(spec, chunks, processes, store, total, after_s)) as finished,
+    ):
+        for _, record, reused, used in finished:
+            if reused:
+                summary.chunks_reused += 1
+            else:
+                summary.chunks_built += 1
+                summary.processes = max(summary.processes, used)
+            for name, file in record["files"].items():
+                files[name].append(spec.work_dir / file)
+                summary.examples[name] += record["examples"][name]
+            summary.images_per_example += record["images_per_example"]
+            for kind, count in record["stored"].items():
+                summary.images_stored[kind] = summary.images_stored.get(kind, 0) + count
+            for entry in record["left_out"]:
+                reason = entry["reason"]
+                summary.left_out[reason] = summary.left_out.get(reason, 0) + 1
+                if "message" in entry:
+                    store.log_event(
+                        "dataset", entry["message"], item_id=entry["item_id"], once=True
+                    )
+            bar.advance(record["items"], status="reused" if reused else "")
+    return files
+
+
+def _save(files: dict[str, list[Path]], out_dir: Path) -> None:
+    """Save the chunks' rows as one DatasetDict (save_to_disk), split by split in chunk order.
+
+    The chunk files are memory-mapped and copied in shards: no split is held in memory.
+    """
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    dataset = DatasetDict(
+        {
+            name: concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
+            for name, paths in files.items()
+            if paths  # datasets cannot reload an empty saved split
+        }
+    )
+    dataset.save_to_disk(str(out_dir))
