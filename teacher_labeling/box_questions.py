@@ -16,6 +16,7 @@ from PIL import Image
 from teacher_labeling.parse import parse_boxes
 from teacher_labeling.teachers import Teacher, TeacherAnswer, TeacherRequest
 from toolkit.boxes import Box, clean_boxes
+from toolkit.images import resized
 from toolkit.store import ItemRow
 
 
@@ -28,12 +29,7 @@ def box_request(
 
 def sent_photo(request: TeacherRequest, original: Image.Image) -> Image.Image:
     """The oriented original as the request sends it (resized to its sent size)."""
-    size = request.sent_size or original.size
-    return (
-        original
-        if tuple(size) == original.size
-        else original.resize(size, Image.Resampling.BICUBIC)
-    )
+    return resized(original, request.sent_size or original.size)
 
 
 async def ask_boxes(

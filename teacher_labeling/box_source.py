@@ -95,7 +95,7 @@ class TeacherBoxes:
         """The teacher's identity as far as its boxes go (model, server, convention, sizes)."""
         c = self.config
         return "teacher:" + json.dumps(
-            [c.kind, c.model, c.base_url, c.coords, c.min_pixels, c.max_pixels, c.temperature,
+            [c.kind, c.model, c.endpoint_url, c.coords, c.min_pixels, c.max_pixels, c.temperature,
              c.max_tokens, c.image_format, c.jpeg_quality]
         )  # fmt: skip
 

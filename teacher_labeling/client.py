@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from teacher_labeling.engine import RequestEngine
@@ -27,7 +27,13 @@ class EndpointSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Free name, used in messages and recorded as the source")
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL; omit for OpenAI")
+    base_url: str | list[str] | None = Field(
+        None,
+        description="OpenAI-compatible base URL; omit for OpenAI. A list: replicas serving the "
+        "same model (e.g. several vLLM servers), sharing the limits below and one cache (keys "
+        "name the first URL); each request goes to the least busy one, and one that stops "
+        "answering is left out until it is back",
+    )
     model: str = Field(description="Model name sent to the endpoint")
     api_key_env: str | None = Field(
         None, description="NAME of the environment variable holding the key (never the key)"
@@ -51,6 +57,31 @@ class EndpointSettings(BaseModel):
         "(lossless: the exact pixels, for a student served by vLLM)",
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the images sent")
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _one_url_or_replicas(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
+            raise ValueError("must be a URL, or a list of the URLs of replicas of one model")
+        if not value:
+            raise ValueError("lists no URL: give one or more, or omit base_url for OpenAI")
+        spelled = [u.rstrip("/") for u in value]
+        repeated = sorted({u for u in spelled if spelled.count(u) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
+
+    @property
+    def base_urls(self) -> list[str | None]:
+        """The endpoint's replicas: base_url as a list ([None]: the OpenAI API)."""
+        return list(self.base_url) if isinstance(self.base_url, list) else [self.base_url]
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The URL naming the endpoint in cache keys: the first replica's, whichever answers."""
+        return self.base_urls[0]
 
     @model_validator(mode="after")
     def _no_inline_keys(self) -> EndpointSettings:
@@ -79,43 +110,95 @@ class AnsweringSettings(EndpointSettings):
     )
 
 
-class EncodedImages:
-    """Data URLs by (pixel hash, size, format, JPEG quality), shared by a process's clients.
+# How an image is sent: ("jpeg", quality) or ("png", 0).
+Encoding = tuple[str, int]
 
-    Each image is encoded once per size it is sent at; the oldest entries go first once
-    the cache holds max_bytes (items flow through once, so a small cache is enough).
+
+def encoding_of(config: EndpointSettings) -> Encoding:
+    """How an endpoint config sends its images: ("jpeg", quality) or ("png", 0)."""
+    return ("png", 0) if config.image_format == "png" else ("jpeg", config.jpeg_quality)
+
+
+def encode_data_url(image: Image.Image, encoding: Encoding) -> str:
+    """An image's data URL in an encoding: JPEG (4:4:4, at its quality) or lossless PNG."""
+    import base64
+
+    from toolkit.images import encode_jpeg, encode_png
+
+    image_format, quality = encoding
+    data = encode_png(image) if image_format == "png" else encode_jpeg(image, quality)
+    return f"data:image/{image_format};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class EncodedImage(Image.Image):
+    """An image as sent, encoded in another process: its size and data URL, without pixels.
+
+    A request's images may be these (labeling encodes in worker processes); `image_part`
+    sends the URL. Reading the pixels is an error: they were never decoded here.
+    """
+
+    def __init__(self, size: tuple[int, int], data_url: str, encoding: Encoding) -> None:
+        super().__init__()
+        self._size = size
+        self._mode = "RGB"
+        self.data_url = data_url
+        self.encoding = encoding
+
+    def load(self) -> NoReturn:
+        """Refuse: the pixels live only in the data URL."""
+        raise TypeError(
+            f"an image encoded elsewhere ({self.width}x{self.height}, {self.encoding[0]}) has "
+            "no pixels in this process, only its data URL"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pillow pickles an image's pixels; this one travels as its URL.
+        return (EncodedImage, (self._size, self.data_url, self.encoding))
+
+
+class EncodedImages:
+    """Data URLs by (pixel hash, size, encoding), shared by a process's clients.
+
+    Each image is encoded once per size it is sent at. Labeling looks a URL up (`get`)
+    before it decodes anything, so a hit saves the decode and the resize too, and keeps
+    what its workers encoded (`put`). The oldest entries go first once the cache holds
+    max_bytes (items flow through once, so a small cache is enough).
     """
 
     def __init__(self, max_bytes: int = 256_000_000) -> None:
-        self._cache: dict[tuple[str, tuple[int, int], str, int], str] = {}
+        self._cache: dict[tuple[str, tuple[int, int], Encoding], str] = {}
         self._bytes = 0
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self.encoded = 0
+        self.encoded = 0  # data URLs made (a hit makes none)
 
-    def data_url(self, image: Image.Image, image_hash: str, config: EndpointSettings) -> str:
-        """The data URL of an image as an endpoint config sends it (JPEG or lossless PNG)."""
-        key = (image_hash, image.size, config.image_format, config.jpeg_quality)
+    def get(self, image_hash: str, size: tuple[int, int], encoding: Encoding) -> str | None:
+        """The data URL of the image with that pixel hash at that size, if encoded already."""
         with self._lock:
-            url = self._cache.get(key)
-        if url is not None:
-            return url
-        import base64
+            return self._cache.get((image_hash, (size[0], size[1]), encoding))
 
-        from toolkit.images import encode_jpeg, encode_png
-
-        if config.image_format == "png":
-            url = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode()
-        else:
-            data = encode_jpeg(image, config.jpeg_quality)
-            url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    def put(self, image_hash: str, size: tuple[int, int], encoding: Encoding, url: str) -> None:
+        """Keep a data URL just made (counted in `encoded`)."""
         with self._lock:
             self.encoded += 1
+            key = (image_hash, (size[0], size[1]), encoding)
+            if key in self._cache:
+                return
             self._cache[key] = url
             self._bytes += len(url)
             while self._bytes > self._max_bytes and len(self._cache) > 1:
                 oldest = next(iter(self._cache))
                 self._bytes -= len(self._cache.pop(oldest))
+
+    def data_url(self, image: Image.Image, image_hash: str, config: EndpointSettings) -> str:
+        """The data URL of an image as an endpoint config sends it (JPEG or lossless PNG)."""
+        encoding = encoding_of(config)
+        if isinstance(image, EncodedImage) and image.encoding == encoding:
+            return image.data_url
+        url = self.get(image_hash, image.size, encoding)
+        if url is None:
+            url = encode_data_url(image, encoding)
+            self.put(image_hash, image.size, encoding, url)
         return url
 
 
@@ -149,12 +232,12 @@ def user_message(
 
 def check_ready(what: str, config: EndpointSettings) -> None:
     """The key variable is set, the server answers and it serves config.model (CroptuneError)."""
-    from teacher_labeling.engine import check_endpoint, resolve_api_key
+    from teacher_labeling.engine import check_endpoints, resolve_api_key
 
     key = resolve_api_key(config.name, config.api_key_env, config.base_url)
-    check_endpoint(
+    check_endpoints(
         what,
-        config.base_url,
+        config.base_urls,
         config.model,
         key,
         timeout_s=min(config.timeout_s, 30.0),
@@ -170,18 +253,24 @@ def build_engine(
 ) -> RequestEngine:
     """The request engine of an endpoint config (call inside the event loop that uses it).
 
-    client: an AsyncOpenAI-like client to use (tests); default one made from the config,
-    its key read from the variable the config names. wrap: applied to the client first.
+    client: an AsyncOpenAI-like client (or a list, one per replica) to use (tests); default
+    one per base_url, its key read from the variable the config names. wrap: applied to
+    each client first.
     """
-    from teacher_labeling.engine import RequestEngine, openai_client, resolve_api_key
+    from teacher_labeling.engine import RequestEngine, client_url, openai_client, resolve_api_key
 
     if client is None:
         key = resolve_api_key(config.name, config.api_key_env, config.base_url)
-        client = openai_client(config.base_url, key, config.timeout_s)
+        clients = [openai_client(url, key, config.timeout_s) for url in config.base_urls]
+        urls = config.base_urls
+    else:
+        clients = list(client) if isinstance(client, list) else [client]
+        urls = [client_url(c) for c in clients]
     return RequestEngine(
         config.name,
         config.model,
-        wrap(client) if wrap is not None else client,
+        [wrap(c) for c in clients] if wrap is not None else clients,
+        urls=urls,
         max_concurrency=config.max_concurrency,
         requests_per_minute=config.requests_per_minute,
         tokens_per_minute=config.tokens_per_minute,

@@ -132,7 +132,7 @@ class EndpointBackend:
         the key)."""
         c = self.config
         endpoint = [
-            c.base_url,
+            c.endpoint_url,  # replicas of one model answer alike: the first URL names them
             c.model,
             c.max_tokens,
             c.temperature,
@@ -180,8 +180,9 @@ class EndpointBackend:
                 "max_tokens": self.config.max_tokens,
                 "image_format": self.config.image_format,
                 "jpeg_quality": self.config.jpeg_quality,
-                # Two servers may serve different weights under one model name.
-                "endpoint": self.config.base_url,
+                # Two servers may serve different weights under one model name (replicas
+                # do not: they are named by the first URL).
+                "endpoint": self.config.endpoint_url,
             },
         )
 
@@ -235,7 +236,7 @@ class EndpointBackend:
                 await asyncio.gather(*(worker() for _ in range(workers)))
             finally:
                 if self._client is None:
-                    await engine.client.close()
+                    await engine.close()
         return [answer for answer in answers if answer is not None]
 
     def _engine(self) -> RequestEngine:

@@ -1,38 +1,67 @@
 """The label and relabel stages: ask every teacher about every item, store each answer as it arrives.
 
 Requests are keyed before any pixel is decoded, so a re-run of finished work decodes and
-sends nothing. Items flow through a bounded pool of workers; each teacher's own engine
-bounds its requests in flight and its rate.
+sends nothing. Items stream from the store through a bounded window (the teachers' request
+slots plus a few items being decoded ahead); each teacher's own engine bounds its requests
+in flight and its rate. Photos are decoded, resized and encoded by an `ImagePool` (worker
+processes on long runs), so the event loop only waits on the network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from teacher_labeling.box_questions import ask_boxes, box_request, read_boxes
+from teacher_labeling.box_questions import box_request, read_boxes
+from teacher_labeling.client import (
+    EncodedImage,
+    EncodedImages,
+    Encoding,
+    encode_data_url,
+    encoding_of,
+)
 from teacher_labeling.cost import Price, Spend
 from teacher_labeling.parse import AnswerParseError, parse_attributes
 from teacher_labeling.prompts import relabel_prompt
-from teacher_labeling.teachers import FusionConfig, Teacher, TeacherError, TeacherRequest
+from teacher_labeling.teachers import (
+    FusionConfig,
+    OpenAITeacher,
+    Teacher,
+    TeacherError,
+    TeacherRequest,
+)
 from toolkit.boxes import Box
-from toolkit.catalog import load_ingested_image
+from toolkit.catalog.ingest import load_ingested_resized
 from toolkit.crops import FUSED_SOURCE
-from toolkit.images import ImageLoadError, load_image
+from toolkit.images import ImageLoadError, decode_resized, read_image_bytes
 from toolkit.messages import cause_of
 from toolkit.progress import ProgressBar
-from toolkit.store import CropRow, ItemRow, RunStore
+from toolkit.store import CropRow, ImageRow, ItemRow, RunStore
 
 if TYPE_CHECKING:
+    from teacher_labeling.engine import ReplicaStats
     from teacher_labeling.fusion import AgreementStats
 
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+# A run that prepares fewer photos never starts worker processes: their start-up (~0.5 s
+# each) would cost more than they save, and tests stay in one process.
+POOL_AFTER_IMAGES = 32
 
 
 @dataclass
@@ -53,6 +82,8 @@ class LabelSummary:
     stopped: dict[str, str] = field(default_factory=dict)
     spend: dict[str, Spend] = field(default_factory=dict)
     agreement: AgreementStats | None = None
+    # Teachers served by more than one replica: each replica's counts.
+    replicas: dict[str, list[ReplicaStats]] = field(default_factory=dict)
 
     @property
     def usd(self) -> float:
@@ -109,6 +140,9 @@ class _LabelRun:
         # Requests being asked now, so a second item with the same question waits for the
         # first one's answer instead of asking again.
         self.in_flight: dict[str, asyncio.Future] = {}
+        # Images being encoded now, by (pixel hash, size, encoding): a second item showing
+        # the same photo at the same size waits for that encoding instead of making its own.
+        self.encoding: dict[tuple[str, tuple[int, int], Encoding], asyncio.Future] = {}
 
     def active(self, teacher: Teacher) -> bool:
         return teacher.name not in self.summary.stopped
@@ -119,6 +153,206 @@ class _LabelRun:
         logger.debug("item %s (%s): %s", item_id, teacher, message)  # the CLI groups them
 
 
+def default_image_workers() -> int:
+    """Worker processes an ImagePool uses by default: one per core, at most 4."""
+    return min(os.cpu_count() or 1, 4)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One photo to decode (once per JPEG scale) and hand back at each size it is sent at."""
+
+    source: ImageRow | str  # an ingested original (checked against ingest), or a crop file
+    sizes: tuple[tuple[int, int], ...]
+    # Per size: the data URL in that encoding (an EncodedImage), or None: the pixels.
+    encodings: tuple[Encoding | None, ...]
+    draft: bool = True
+
+
+def prepare_images(job: ImageJob) -> list[Image.Image]:
+    """A job's photo at each of its sizes, encoded or as pixels (in a worker process or a thread)."""
+    if isinstance(job.source, str):
+        images = decode_resized(read_image_bytes(job.source), job.sizes, draft=job.draft)[0]
+    else:
+        images = load_ingested_resized(job.source, job.sizes, draft=job.draft)
+    return [
+        image
+        if encoding is None
+        else EncodedImage(image.size, encode_data_url(image, encoding), encoding)
+        for image, encoding in zip(images, job.encodings, strict=True)
+    ]
+
+
+def _worker_started(parent: int) -> None:
+    """In each worker process: Ctrl-C is the parent's to handle (ignored from the start when
+    the parent's main thread started it), a parent killed without clean-up (SIGKILL) takes
+    its workers with it, and freed memory is kept for the next photo."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _keep_freed_memory()
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+
+
+# glibc's mallopt parameters (malloc.h) and the values a worker sets: blocks up to 32 MB
+# (glibc's ceiling) come from the heap, and the heap is not trimmed below 512 MB.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BLOCKS_BYTES, _KEEP_HEAP_BYTES = 32 * 2**20, 512 * 2**20
+
+
+def _keep_freed_memory() -> None:
+    """Keep freed large blocks for reuse (glibc; elsewhere nothing changes).
+
+    A worker allocates the same large buffers for every photo (a 1600x1200 decode is 7.7 MB,
+    its resize 3.9 MB, its data URL 0.5 MB). By default glibc hands freed blocks of that
+    size back to the system and faults them in again for the next photo: ~3,800 page faults
+    and ~10 ms of system time per photo, measured; kept, ~110. A worker's heap then stays at
+    its peak (tens of MB), which is what it needs for its next photo anyway.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return  # not glibc (macOS has no mallopt)
+    mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, _KEEP_HEAP_BYTES)
+
+
+def _worker_ready() -> int:
+    """A no-op job: done once a worker process has started and imported this module."""
+    return os.getpid()
+
+
+class ImagePool:
+    """Where labeling decodes, resizes and encodes the photos it sends, off the event loop.
+
+    workers > 0: in that many spawned worker processes (default `default_image_workers()`),
+    once the run has prepared `start_after` photos and the workers are up; until then in
+    threads, so short runs and tests never wait for (or pay) their start-up. workers=0: in
+    threads only. Photos whose pixels a teacher reads in this process (a local or reference
+    teacher) are always prepared in a thread: sending pixels back would cost more than
+    decoding them here. draft=False decodes every JPEG at full scale. ahead: items a label
+    run decodes ahead of its request slots (0 and draft=False with workers=0 is how labeling
+    ran before the pool: the "before" of bench/label_throughput.py). A pool whose worker
+    dies is reported, and the run goes on in threads. Close it (or use it as a context
+    manager): its workers stop with it, on Ctrl-C too.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        draft: bool = True,
+        start_after: int = POOL_AFTER_IMAGES,
+        ahead: int | None = None,
+    ) -> None:
+        self.workers = default_image_workers() if workers is None else max(0, workers)
+        self.draft = draft
+        self.start_after = start_after
+        # Items a label run keeps beyond its request slots, their photos decoding meanwhile
+        # (default: one per worker, at least 2).
+        self.ahead = max(2, self.workers or default_image_workers()) if ahead is None else ahead
+        self.in_processes = 0  # jobs done in worker processes
+        self.in_threads = 0  # jobs done in threads
+        self._seen = 0
+        self._executor: ProcessPoolExecutor | None = None
+        self._starting: list[Future] = []
+        self._broken = False
+
+    async def run(self, job: ImageJob) -> list[Image.Image]:
+        """The job's images (raises ImageLoadError for a photo that cannot be used)."""
+        executor = self._executor_for(job)
+        if executor is not None:
+            try:
+                images = await asyncio.wrap_future(executor.submit(prepare_images, job))
+            except BrokenProcessPool as exc:
+                self._break(exc)
+            else:
+                self.in_processes += 1
+                return images
+        self.in_threads += 1
+        return await asyncio.to_thread(prepare_images, job)
+
+    def _executor_for(self, job: ImageJob) -> ProcessPoolExecutor | None:
+        """The worker processes, when they are up and the job's images travel back cheaply."""
+        if self.workers == 0 or self._broken or None in job.encodings:
+            return None
+        self._seen += 1
+        if self._executor is None:
+            if self._seen <= self.start_after:
+                return None
+            self._start()
+        if self._broken or not all(future.done() for future in self._starting):
+            return None  # still starting (or could not): this job runs in a thread meanwhile
+        if any(future.exception() is not None for future in self._starting):
+            self._break(next(f.exception() for f in self._starting if f.exception()))
+            return None
+        return self._executor
+
+    def start(self, wait: bool = False) -> None:
+        """Start the worker processes now (not after `start_after` photos); wait: until they
+        are up (a pool warmed up before a run, as a long-lived caller or a test wants)."""
+        if self.workers == 0 or self._broken:
+            return
+        if self._executor is None:
+            self._start()
+        if wait:
+            concurrent.futures.wait(self._starting)
+
+    def _start(self) -> None:
+        # spawn, not fork: the parent runs an event loop and threads; a forked copy of those
+        # (held locks included) is not safe.
+        self._executor = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_started,
+            initargs=(os.getpid(),),
+        )
+        # One no-op per worker: each submit starts a worker, and jobs go there once all answer.
+        # Workers are started with Ctrl-C ignored (an ignored signal stays ignored in the new
+        # process, and Python then installs no handler): a Ctrl-C while they import would
+        # print a traceback from each; the parent handles it and closes the pool.
+        main = threading.current_thread() is threading.main_thread()
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            self._starting = [self._executor.submit(_worker_ready) for _ in range(self.workers)]
+        except (OSError, RuntimeError, AssertionError) as exc:
+            # e.g. a daemonic process (a worker of someone else's pool) may not have children
+            self._break(exc)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, interrupt)
+        logger.debug("image pool: starting %d worker processes", self.workers)
+
+    def _break(self, exc: BaseException | None) -> None:
+        if not self._broken:
+            self._broken = True
+            logger.warning(
+                "image worker processes failed (%s); decoding goes on in this process", exc
+            )
+
+    def close(self) -> None:
+        """Stop the worker processes (jobs not started yet are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> ImagePool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 def label_items(
     store: RunStore,
     teachers: list[Teacher],
@@ -127,39 +361,60 @@ def label_items(
     prices: dict[str, Price] | None = None,
     fusion: FusionConfig | None = None,
     relabel: bool = False,
+    images: ImagePool | None = None,
 ) -> LabelSummary:
-    """Label (or relabel) the store's items with every teacher; finished requests are never asked again."""
+    """Label (or relabel) the store's items with every teacher; finished requests are never asked again.
+
+    images: where photos are decoded and encoded (default: a fresh `ImagePool()`, closed at
+    the end; a given one is left open for its owner).
+    """
     if relabel:
         teachers = [t for t in teachers if t.does_attributes]
-    items = store.items(limit=limit)
+    items = store.items(limit=limit)  # streamed: read a page at a time as workers free up
+    total = store.count_items() if limit is None else min(limit, store.count_items())
     description = "relabel" if relabel else "label"
-    with ProgressBar(description, len(items), progress, money=True) as bar:
-        run = _LabelRun(store, teachers, prices or {}, fusion or FusionConfig(), int(relabel), bar)
-        asyncio.run(_label_all(run, items, relabel))
+    pool = images if images is not None else ImagePool()
+    try:
+        with ProgressBar(description, total, progress, money=True) as bar:
+            run = _LabelRun(
+                store, teachers, prices or {}, fusion or FusionConfig(), int(relabel), bar
+            )
+            asyncio.run(_label_all(run, items, relabel, pool))
+    finally:
+        if images is None:
+            pool.close()
+    run.summary.replicas = {t.name: r for t in teachers if len(r := t.replica_stats()) > 1}
     if not relabel and len([t for t in teachers if t.does_boxes]) >= 2:
         run.summary.agreement = _agreement(store, teachers, run.fusion)
     return run.summary
 
 
-async def _label_all(run: _LabelRun, items: list[ItemRow], relabel: bool) -> None:
-    """Every item through a pool of workers sized to the teachers' concurrency; teachers closed after."""
-    workers = max(1, min(MAX_WORKERS, sum(t.config.max_concurrency for t in run.teachers)))
+async def _label_all(
+    run: _LabelRun, items: Iterable[ItemRow], relabel: bool, images: ImagePool
+) -> None:
+    """Every item through a window of workers; teachers closed after.
+
+    The window is the teachers' request slots plus `images.ahead` items: those wait for a
+    slot with their photos ready, so a slot that frees is used at once. Items are taken
+    from the store as workers free up: never all of them at once.
+    """
+    slots = max(1, min(MAX_WORKERS, sum(t.config.max_concurrency for t in run.teachers)))
     queue = iter(items)
 
     async def worker() -> None:
         for item in queue:  # one shared iterator: each item goes to exactly one worker
-            await _label_item(run, item, relabel)
+            await _label_item(run, item, relabel, images)
             run.summary.items += 1
             run.bar.advance(spend=run.summary.usd)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(workers, len(items) or 1))))
+        await asyncio.gather(*(worker() for _ in range(slots + images.ahead)))
     finally:
         for teacher in run.teachers:
             await teacher.close()
 
 
-async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool) -> None:
+async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool, images: ImagePool) -> None:
     """All of one item's pending requests, sent concurrently."""
     pending = _pending_requests(run, item, relabel)
     if not pending:
@@ -167,18 +422,18 @@ async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool) -> None:
     for p in pending:
         if p.cached is not None:
             _store_answer(run, item, p, p.cached["text"], p.cached["usage"])
-    to_ask = [p for p in pending if p.cached is None]
-    if to_ask:
-        needed = sorted({i for p in to_ask for i in p.image_indices})
-        # One trip to a worker thread decodes everything this item needs.
-        images = await asyncio.to_thread(_load_images, run, item, needed)
-        crops = await asyncio.to_thread(_load_crops, run, item, to_ask)
-        tasks = [
-            _ask(run, item, p, images, crops)
-            for p in to_ask
-            if all(i in images for i in p.image_indices)
-        ]
-        await asyncio.gather(*tasks)
+    owned, followed = _claim(run, [p for p in pending if p.cached is None])
+    try:
+        asked = [p for p, _ in owned]
+        shown = await _prepare(run, item, asked, images) if asked else []
+        await asyncio.gather(
+            *(_ask(run, item, p, answer, sent)
+              for (p, answer), sent in zip(owned, shown, strict=True) if sent),
+            *(_follow(run, item, p, answer) for p, answer in followed),
+        )  # fmt: skip
+    finally:
+        for p, answer in owned:  # not asked (a photo unreadable) or cancelled: none will come
+            _release(run, p, answer, None)
     box_teachers = [t for t in run.teachers if t.does_boxes]
     if not relabel and len(box_teachers) >= 2:
         _fuse_item(run, item, box_teachers)
@@ -224,85 +479,197 @@ def _current_crops(store: RunStore, item_id: str) -> list[CropRow]:
     return [c for c in crops if c.duplicate_of is None]  # pHash duplicates add nothing
 
 
-def _load_images(run: _LabelRun, item: ItemRow, indices: list[int]) -> dict[int, Image.Image]:
-    """Originals by index (checked against ingest)."""
+@dataclass(frozen=True)
+class _Shown:
+    """One image a request shows, as it is sent."""
+
+    source: int | str  # an original's index, or a crop's sha256
+    image_hash: str  # the pixel hash its data URLs are cached under
+    size: tuple[int, int]
+    encoding: Encoding | None  # None: the teacher reads the pixels in this process
+
+    @property
+    def encoded_as(self) -> tuple[str, tuple[int, int], Encoding] | None:
+        """What its data URL is cached under (None: pixels, not cached)."""
+        return None if self.encoding is None else (self.image_hash, self.size, self.encoding)
+
+
+def _sends_data_urls(teacher: Teacher) -> tuple[EncodedImages, Encoding] | None:
+    """The encoding cache and encoding of a teacher that sends data URLs (None: it reads pixels)."""
+    if isinstance(teacher, OpenAITeacher):
+        return teacher._encoded, encoding_of(teacher.config)
+    return None
+
+
+def _shown(pending: _Pending, rows: dict[int, ImageRow], encoding: Encoding | None) -> list[_Shown]:
+    """What a request shows: its originals (a box request's at its sent size), then its crops."""
+    request = pending.request
+    shown = []
+    for index in pending.image_indices:
+        row = rows[index]
+        size = (request.sent_size if request.image is not None else None) or row.size
+        shown.append(_Shown(index, row.sha256 or "", size, encoding))
+    for crop in pending.crops:
+        x1, y1, x2, y2 = crop.region
+        shown.append(_Shown(crop.sha256, crop.sha256, (x2 - x1, y2 - y1), encoding))
+    return shown
+
+
+async def _prepare(
+    run: _LabelRun, item: ItemRow, to_ask: list[_Pending], images: ImagePool
+) -> list[list[Image.Image] | None]:
+    """Each request's images as sent, or None where one of them cannot be read (reported).
+
+    A data URL its teacher's cache holds is used as it is (no decode, no resize); the rest
+    is one job per photo, decoded once per scale and encoded once per size it is sent at.
+    """
     rows = {r.index: r for r in run.store.images(item.item_id)}
-    loaded: dict[int, Image.Image] = {}
-    for index in indices:
+    crops = {c.sha256: c for p in to_ask for c in p.crops}
+    wanted: list[list[_Shown]] = []
+    caches: dict[_Shown, list[EncodedImages]] = {}  # where each encoded image is kept
+    for p in to_ask:
+        sends = _sends_data_urls(p.teacher)
+        wanted.append(_shown(p, rows, sends[1] if sends else None))
+        if sends is not None:
+            for shown in wanted[-1]:
+                caches.setdefault(shown, []).append(sends[0])
+    ready: dict[_Shown, Image.Image] = {}
+    jobs: dict[int | str, list[_Shown]] = {}
+    elsewhere: dict[_Shown, asyncio.Future] = {}  # being encoded for another item now
+    loop = asyncio.get_running_loop()
+    for shown in dict.fromkeys(s for request in wanted for s in request):
+        key = shown.encoded_as
+        url = caches[shown][0].get(*key) if key is not None else None
+        if url is not None and key is not None:
+            ready[shown] = EncodedImage(shown.size, url, key[2])
+        elif key is not None and key in run.encoding:
+            elsewhere[shown] = run.encoding[key]
+        else:
+            if key is not None:
+                run.encoding[key] = loop.create_future()
+            jobs.setdefault(shown.source, []).append(shown)
+
+    async def prepare(source: int | str, todo: list[_Shown], announced: bool = True) -> None:
+        """One photo's job; its encodings handed to the items waiting for them."""
+        done: dict[_Shown, Image.Image] = {}
         try:
-            loaded[index] = load_ingested_image(rows[index])
-        except ImageLoadError as exc:
-            run.error(item.item_id, None, index, f"image {index}: {exc}")
-    return loaded
+            job = ImageJob(
+                rows[source] if isinstance(source, int) else str(run.store.run_dir / crops[source].path),
+                tuple(s.size for s in todo),
+                tuple(s.encoding for s in todo),
+                draft=images.draft,
+            )  # fmt: skip
+            try:
+                prepared = await images.run(job)
+            except ImageLoadError as exc:
+                if isinstance(source, int):
+                    run.error(item.item_id, None, source, f"image {source}: {exc}")
+                else:
+                    crop = crops[source]
+                    run.error(item.item_id, None, crop.image, f"crop {crop.path}: {exc}")
+                return
+            done = dict(zip(todo, prepared, strict=True))
+            ready.update(done)
+            for shown, image in done.items():
+                if isinstance(image, EncodedImage):
+                    for cache in caches[shown]:
+                        cache.put(shown.image_hash, shown.size, image.encoding, image.data_url)
+        finally:
+            # Waiting items get the encoding, or None (unreadable here, or cancelled): then
+            # they try themselves.
+            for shown in todo if announced else []:
+                key = shown.encoded_as
+                if key is not None:
+                    run.encoding.pop(key).set_result(done.get(shown))
+
+    async def wait_for(shown: _Shown, encoding: asyncio.Future) -> None:
+        """Another item's encoding of the same photo at the same size, or this item's own."""
+        image = await encoding
+        if image is None:
+            await prepare(shown.source, [shown], announced=False)
+        else:
+            ready[shown] = image
+
+    await asyncio.gather(
+        *(prepare(source, todo) for source, todo in jobs.items()),
+        *(wait_for(shown, encoding) for shown, encoding in elsewhere.items()),
+    )
+    return [[ready[s] for s in request] if all(s in ready for s in request) else None
+            for request in wanted]  # fmt: skip
 
 
-def _load_crops(run: _LabelRun, item: ItemRow, pending: list[_Pending]) -> dict[str, Image.Image]:
-    crops = {c.sha256: c for p in pending for c in p.crops}
-    loaded = {}
-    for sha, crop in crops.items():
-        try:
-            loaded[sha] = load_image(str(run.store.run_dir / crop.path)).image
-        except ImageLoadError as exc:
-            run.error(item.item_id, None, crop.image, f"crop {crop.path}: {exc}")
-    return loaded
+_Claims = list[tuple[_Pending, asyncio.Future]]
+
+
+def _claim(run: _LabelRun, to_ask: list[_Pending]) -> tuple[_Claims, _Claims]:
+    """(the requests this item asks, those another item is asking already), each with the
+    future of its answer. A question is claimed before its photos are decoded, so the same
+    question for a later item (the same photo in two listings) waits for the first one's
+    answer and decodes nothing."""
+    loop = asyncio.get_running_loop()
+    owned: _Claims = []
+    followed: _Claims = []
+    for p in to_ask:
+        key = p.request.cache_key
+        if key in run.in_flight:
+            followed.append((p, run.in_flight[key]))
+        else:
+            run.in_flight[key] = loop.create_future()
+            owned.append((p, run.in_flight[key]))
+    return owned, followed
+
+
+def _release(
+    run: _LabelRun, pending: _Pending, claim: asyncio.Future, answer: dict[str, Any] | None
+) -> None:
+    """Hand a claimed question's answer (None: none came) to the items waiting for it."""
+    key = pending.request.cache_key
+    if run.in_flight.get(key) is claim:  # (a failed question may be claimed anew since)
+        del run.in_flight[key]
+    if not claim.done():
+        claim.set_result(answer)
 
 
 async def _ask(
     run: _LabelRun,
     item: ItemRow,
     pending: _Pending,
-    images: dict[int, Image.Image],
-    crops: dict[str, Image.Image],
+    claim: asyncio.Future,
+    images: list[Image.Image],
 ) -> None:
-    """Send one request (or wait for the same one in flight), then parse and store the answer."""
-    key = pending.request.cache_key
-    if key in run.in_flight:
-        answer = await run.in_flight[key]
-        if answer is not None:
-            run.summary.cached += 1
-            _store_answer(run, item, pending, answer["text"], answer["usage"])
-        return
-    # Answered for another item while this one's photos were being decoded.
-    cached = run.store.cached_response(key)
-    if cached is not None:
-        run.summary.cached += 1
-        _store_answer(run, item, pending, cached["text"], cached["usage"])
-        return
-    future: asyncio.Future = asyncio.get_running_loop().create_future()
-    run.in_flight[key] = future
+    """Send one claimed request, parse and store the answer, and hand it to waiting items."""
     answer = None
     try:
-        answer = await _send(run, item, pending, images, crops)
+        answer = await _send(run, item, pending, images)
         if answer is not None:
             _store_answer(run, item, pending, answer["text"], answer["usage"])
     finally:
-        future.set_result(answer)
-        del run.in_flight[key]
+        _release(run, pending, claim, answer)
+
+
+async def _follow(
+    run: _LabelRun, item: ItemRow, pending: _Pending, answered: asyncio.Future
+) -> None:
+    """Store the answer another item is getting for the same question (nothing if it failed)."""
+    answer = await answered
+    if answer is not None:
+        run.summary.cached += 1
+        _store_answer(run, item, pending, answer["text"], answer["usage"])
 
 
 async def _send(
-    run: _LabelRun,
-    item: ItemRow,
-    pending: _Pending,
-    images: dict[int, Image.Image],
-    crops: dict[str, Image.Image],
+    run: _LabelRun, item: ItemRow, pending: _Pending, images: list[Image.Image]
 ) -> dict[str, Any] | None:
-    """The teacher's answer to one request, or None when it failed (recorded) or was stopped."""
+    """The teacher's answer to one request (its images as sent), or None when it failed
+    (recorded) or was stopped."""
     from teacher_labeling.engine import TeacherStopped
 
     teacher, request = pending.teacher, pending.request
     if not run.active(teacher):
         return None
-    if any(c.sha256 not in crops for c in pending.crops):
-        return None  # a crop file is unreadable: already reported, the item is asked next time
+    request.images = images
     try:
-        if request.image is None:
-            request.images = [images[i] for i in pending.image_indices] + [
-                crops[c.sha256] for c in pending.crops
-            ]
-            answer = await teacher.answer(request, item)
-        else:
-            answer = await ask_boxes(teacher, request, item, images[request.image])
+        answer = await teacher.answer(request, item)
     except TeacherStopped as exc:
         if teacher.name not in run.summary.stopped:
             run.summary.stopped[teacher.name] = str(exc)

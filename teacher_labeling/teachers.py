@@ -36,7 +36,7 @@ from toolkit.schema import AttributeSchema, listing_text
 from toolkit.store import ItemRow
 
 if TYPE_CHECKING:
-    from teacher_labeling.engine import RequestEngine
+    from teacher_labeling.engine import ReplicaStats, RequestEngine
 
 Role = Literal["boxes", "attributes", "both"]
 
@@ -246,11 +246,12 @@ class Teacher(ABC):
 
     def _parameters(self) -> dict[str, Any]:
         # The endpoint is part of the question: two servers may serve different weights
-        # under one model name.
+        # under one model name. Replicas serve the same weights: named by the first URL, so
+        # they share answers whichever of them gave one.
         parameters: dict[str, Any] = {
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
-            "endpoint": self.config.base_url,
+            "endpoint": self.config.endpoint_url,
         }
         if self.config.image_format != "jpeg":  # keys of JPEG-era answers stay as they were
             parameters["image_format"] = self.config.image_format
@@ -287,6 +288,10 @@ class Teacher(ABC):
     def check_ready(self) -> None:  # noqa: B027 - an optional hook: nothing to check by default
         """Fail fast (before any work) when the teacher cannot answer (a missing key, a dead
         server, an unserved model); nothing to check by default."""
+
+    def replica_stats(self) -> list[ReplicaStats]:
+        """Requests, answers and failures per server of the teacher (none by default)."""
+        return []
 
     async def close(self) -> None:  # noqa: B027 - an optional hook: nothing to release by default
         """Release connections or models held by the teacher."""
@@ -398,10 +403,14 @@ class OpenAITeacher(Teacher):
             usage["truncated"] = 1  # the parser repairs what it can of a cut-off answer
         return TeacherAnswer(text=completion.text, usage=usage)
 
+    def replica_stats(self) -> list[ReplicaStats]:
+        """Requests, answers and failures per replica of its endpoint ([] before any request)."""
+        return list(self._engine.stats.replicas) if self._engine is not None else []
+
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Close the HTTP clients (one per replica)."""
         if self._engine is not None and self._client is None:
-            await self._engine.client.close()
+            await self._engine.close()
 
 
 def build_teacher(config: TeacherConfig, schema: AttributeSchema) -> Teacher:

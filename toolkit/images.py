@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_DOWNLOAD_BYTES = 50_000_000
 EXIF_ORIENTATION = 0x0112
+# EXIF orientations that swap width and height (transpose, the two quarter turns, transverse)
+_SWAPS_AXES = {5, 6, 7, 8}
+
+# A region (x1, y1, x2, y2) of an image in pixels, fractional.
+Box4 = tuple[float, float, float, float]
 
 
 class ImageLoadError(Exception):
@@ -89,35 +96,73 @@ def decode_image_with_conversions(
     data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Image.Image, tuple[str, ...]]:
     """Oriented RGB pixels from encoded image bytes, and each change decoding made to them."""
-    conversions: list[str] = []
-    if not data:
-        raise ImageLoadError("empty file")
-    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
-        # Pillow's own guard is a process-wide setting; croptune's check below is the one
-        # that applies, so let a user-raised limit through Pillow's (lower) default.
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    image, conversions, _ = _decode(data, max_pixels)
+    return image, conversions
+
+
+def decode_resized(
+    data: bytes,
+    sizes: Sequence[tuple[int, int] | None],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
+) -> tuple[list[Image.Image], tuple[str, ...]]:
+    """Oriented RGB pixels at each of `sizes` (None: as decoded), resized as `resized` does,
+    and what decoding changed; a JPEG is decoded at the smallest DCT scale that still covers
+    a size (draft mode: 1/2, 1/4 or 1/8), once per scale.
+
+    The picture is the same whatever the scale: a reduced decode is resized from the region
+    that is the whole original, so a box in a sent image maps to the same original pixels
+    (up to the resize's rounding). Each size's pixels depend only on the file and that size.
+    """
+    decoded: dict[tuple[int, int], tuple[Image.Image, tuple[str, ...], Box4]] = {}
+    images: list[Image.Image] = []
+    conversions: tuple[str, ...] = ()
+    for size in sizes:
+        with _decoding_errors():
+            file = _open(data, max_pixels)
+            full_size = file.size
+            whole: Box4 = (0, 0, *full_size)
+            if draft and size is not None and file.format == "JPEG":
+                # Ask for the size in the file's frame: the draft is decoded before orienting.
+                swapped = file.getexif().get(EXIF_ORIENTATION, 1) in _SWAPS_AXES
+                drafted = file.draft(None, (size[1], size[0]) if swapped else size)
+                if drafted is not None:
+                    # ceil(side / scale) pixels are decoded: the last column and row cover
+                    # part of a pixel of the original, so the whole picture is side / scale.
+                    whole = drafted[1]
+            if file.size not in decoded:
+                decoded[file.size] = _decode_opened(file, full_size, whole)
+        image, conversions, whole = decoded[file.size]
+        images.append(image if size is None else resized(image, size, whole))
+    return images, conversions
+
+
+def resized(image: Image.Image, size: tuple[int, int], whole: Box4 | None = None) -> Image.Image:
+    """`image` at `size` (bicubic; unchanged when it already has that size): how every image
+    sent to a teacher is resized. whole: the region of `image` that is the whole picture (a
+    JPEG decoded at a reduced scale covers a fraction of a pixel more)."""
+    width, height = size
+    if whole is None or whole == (0, 0, image.width, image.height):
+        if (width, height) == image.size:
+            return image
+        return image.resize((width, height), Image.Resampling.BICUBIC)
+    return image.resize((width, height), Image.Resampling.BICUBIC, box=whole)
+
+
+def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, tuple[str, ...], Box4]:
+    """Oriented RGB pixels at full scale, the changes made, and the whole picture's region."""
+    with _decoding_errors():
+        image = _open(data, max_pixels)
+        return _decode_opened(image, image.size, (0, 0, *image.size))
+
+
+@contextlib.contextmanager
+def _decoding_errors() -> Iterator[None]:
+    """Pillow's errors while opening or decoding, as ImageLoadError saying why in plain words."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageLoadError(
-                    f"{width}x{height} is {width * height:,} pixels, over the limit of "
-                    f"{max_pixels:,} (raise max_image_pixels in the label config if it is a real photo)"
-                )
-            # Truncated files fail here (unless the user's process set Pillow's
-            # LOAD_TRUNCATED_IMAGES), rather than being padded with grey.
-            image.load()
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            if orientation != 1:
-                file_size = image.size
-                image = ImageOps.exif_transpose(image)  # (a copy: skipped when upright)
-                conversions.append(
-                    f"EXIF orientation {orientation} applied ({file_size[0]}x{file_size[1]} "
-                    f"file, {image.width}x{image.height} oriented; boxes are read in the "
-                    "oriented frame)"
-                )
+            yield
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -126,12 +171,74 @@ def decode_image_with_conversions(
         raise ImageLoadError("not an image or an unsupported format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """The image file opened (header only), refused when over max_pixels."""
+    if not data:
+        raise ImageLoadError("empty file")
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow's own guard is a process-wide setting; croptune's check below is the one
+        # that applies, so let a user-raised limit through Pillow's (lower) default.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    image: Image.Image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            f"{width}x{height} is {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (raise max_image_pixels in the label config if it is a real photo)"
+        )
+    return image
+
+
+def _decode_opened(
+    image: Image.Image, full_size: tuple[int, int], whole: Box4
+) -> tuple[Image.Image, tuple[str, ...], Box4]:
+    """An opened file's pixels (at its draft scale, if one was set: `full_size` is the file's
+    own size, `whole` the region of the decoded pixels that is the whole picture), oriented
+    and in RGB, the changes made, and that region in the oriented frame."""
+    conversions: list[str] = []
+    decoded_size = image.size
+    # Truncated files fail here (unless the user's process set Pillow's
+    # LOAD_TRUNCATED_IMAGES), rather than being padded with grey.
+    image.load()
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)  # (a copy: skipped when upright)
+        whole = _oriented_box(whole, decoded_size, orientation)
+        shown = (full_size[1], full_size[0]) if orientation in _SWAPS_AXES else full_size
+        conversions.append(
+            f"EXIF orientation {orientation} applied ({full_size[0]}x{full_size[1]} "
+            f"file, {shown[0]}x{shown[1]} oriented; boxes are read in the "
+            "oriented frame)"
+        )
     if image.width == 0 or image.height == 0:
         raise ImageLoadError("image has no pixels")
     rgb, change = to_rgb_noted(image)
     if change:
         conversions.append(change)
-    return rgb, tuple(conversions)
+    return rgb, tuple(conversions), whole
+
+
+def _oriented_box(box: Box4, size: tuple[int, int], orientation: int) -> Box4:
+    """A region of an image of `size` (file frame) in the frame its EXIF orientation gives."""
+    w, h = size
+    x1, y1, x2, y2 = box
+
+    # Where exif_transpose takes the point (x, y) of the file frame, per orientation.
+    def move(x: float, y: float) -> tuple[float, float]:
+        return {
+            2: (w - x, y),  # mirrored
+            3: (w - x, h - y),  # upside down
+            4: (x, h - y),  # mirrored, upside down
+            5: (y, x),  # transposed
+            6: (h - y, x),  # a quarter turn clockwise
+            7: (h - y, w - x),  # transversed
+            8: (y, w - x),  # a quarter turn counter-clockwise
+        }.get(orientation, (x, y))
+
+    (ax, ay), (bx, by) = move(x1, y1), move(x2, y2)
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

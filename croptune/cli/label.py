@@ -157,6 +157,8 @@ def _label_rows(result: LabelSummary) -> list[tuple[str, str]]:
                     f"{format_usd(spend.usd if spend.priced else None)}",
                 )
             )
+    for name, replicas in result.replicas.items():
+        rows += [(f"{name}: replica {r.where}", r.describe()) for r in replicas]
     if result.agreement:
         rows += [(f"box agreement: {k}", str(v)) for k, v in result.agreement.items()]
     return rows
