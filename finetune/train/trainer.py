@@ -48,9 +48,16 @@ class TrainResult:
 
 
 def build_trainer(
-    config: TrainConfig, progress: bool = False, callbacks: list[Any] | None = None
+    config: TrainConfig,
+    progress: bool = False,
+    callbacks: list[Any] | None = None,
+    base: tuple[Any, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """An SFTTrainer with LoRA on the configured student and dataset, plus run facts."""
+    """An SFTTrainer with LoRA on the configured student and dataset, plus run facts.
+
+    base: a (model, processor) built in process, trained instead of loading the student
+    (bench/gpu_train.py: a real-size architecture with random weights, no download).
+    """
     silence_known_warnings()
     from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
@@ -73,9 +80,15 @@ def build_trainer(
     args = sft_config(config, bf16, eval_enabled)
     checkpoint = resolve_checkpoint(config)
     set_seed(config.seed)  # LoRA matrices are initialised before the Trainer seeds anything
-    model, processor = load_base(
-        model_path, bf16, preset.attn_implementation, quantization_config(config, bf16)
-    )
+    if base is None:
+        model, processor = load_base(
+            model_path, bf16, preset.attn_implementation, quantization_config(config, bf16)
+        )
+    else:
+        if config.qlora:
+            raise CroptuneError("qlora loads its own 4-bit base; it cannot train a given one")
+        model, processor = base
+        model_path = f"{model_path} (architecture only: weights built in process)"
     apply_image_options(processor, config, preset)
     trainer = SFTTrainer(
         model=model,
@@ -109,10 +122,13 @@ def build_trainer(
 
 
 def train(
-    config: TrainConfig, progress: bool = False, callbacks: list[Any] | None = None
+    config: TrainConfig,
+    progress: bool = False,
+    callbacks: list[Any] | None = None,
+    base: tuple[Any, Any] | None = None,
 ) -> TrainResult:
     """Fine-tune the student and save a self-contained adapter (or, tuning=full, model) folder."""
-    trainer, facts = build_trainer(config, progress=progress, callbacks=callbacks)
+    trainer, facts = build_trainer(config, progress=progress, callbacks=callbacks, base=base)
     logger.info(
         "training %s on %d examples (%s)",
         facts["base_model"],
