@@ -324,6 +324,8 @@ def script(name: str) -> Responder:
             return RedSquareBoxes(name.removeprefix(prefix))
     if name == "fixed-empty-list":
         return FixedAnswer("[]")
+    if name == "fixed-empty-object":  # an attributes answer with nothing in it
+        return FixedAnswer("{}")
     if name == "attributes-echo":
         return AttributesFromImage(describe_image)
     raise ValueError(f"unknown script {name!r}")
@@ -839,7 +841,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--script",
         default="red-square-pixels",
-        help="red-square-{pixels,qwen2.5-vl,norm1000,norm1} (or boxes_<coords>), fixed-empty-list, attributes-echo",
+        help="red-square-{pixels,qwen2.5-vl,norm1000,norm1} (or boxes_<coords>), fixed-empty-list, fixed-empty-object, attributes-echo",
     )
     parser.add_argument("--fence", action="store_true", help="wrap JSON answers in ```json fences")
     parser.add_argument("--api-key", default=None)

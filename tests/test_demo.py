@@ -24,7 +24,10 @@ from croptune.demo import DemoRow, DemoSummary, run_demo
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"n_items": 160, "max_steps": 120}
+# 250 steps, as the demo: at 120 the students had not yet learned to close the JSON answer
+# on one CI machine (JSON valid 0.00, small-print F1 0.09 with crops vs 0.17 without; the
+# same steps passed on another), so the check measured an unfinished training, not crops.
+SMALL = {"n_items": 160, "max_steps": 250}
 # Clear margins, well inside what the full demo measures (docs/benchmarks.md).
 BASE_MARGIN = 0.3
 CROP_MARGIN = 0.2

@@ -69,6 +69,31 @@ def test_fewer_items_are_a_prefix(tmp_path: Path) -> None:
         assert large_files[name] == data
 
 
+def test_workers_draw_the_same_catalog(tmp_path: Path) -> None:
+    # bench/scale.py draws its catalogs in processes: the bytes must not depend on how many.
+    one = make_example_catalog(tmp_path / "one", n_items=5, seed=2, workers=1)
+    two = make_example_catalog(tmp_path / "two", n_items=5, seed=2, workers=2)
+    assert _files(one.parent) == _files(two.parent)
+
+
+def test_real_size_photos_keep_their_boxes_on_the_drawn_pixels(tmp_path: Path) -> None:
+    small = _items(make_example_catalog(tmp_path / "small", n_items=3, seed=4))
+    large_catalog = make_example_catalog(
+        tmp_path / "large", n_items=3, seed=4, photo_long_side=1600
+    )
+    large = _items(large_catalog)
+    # The same items (the listing does not depend on the photo size), photos 2.5x as large.
+    assert [it["attributes"] for it in large] == [it["attributes"] for it in small]
+    for item in large:
+        for box in item["boxes"]:
+            photo = _oriented(large_catalog, item["images"][box["image"]])
+            assert 1_000_000 <= photo.width * photo.height <= 2_300_000
+            x1, y1, x2, y2 = box["xyxy"]
+            assert 0 <= x1 < x2 <= photo.width and 0 <= y1 < y2 <= photo.height
+            # Printed matter: the box holds ink darker than the paper around it.
+            assert np.asarray(photo.crop((x1, y1, x2, y2)).convert("L")).min() < 128
+
+
 def test_item_fields_and_image_counts(catalog: Path) -> None:
     items = _items(catalog)
     assert [it["item_id"] for it in items] == [f"EX{i:04d}" for i in range(1, 31)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from croptune.synthetic.drawing import (
 )
 
 # Images per item, 2..8, skewed small (median 4) to keep a CPU demo fast.
+DEFAULT_LONG_SIDE = 640  # the example catalog's photos: about 640x480
 _N_IMAGES = (2, 3, 4, 5, 6, 7, 8)
 _N_IMAGES_WEIGHTS = (16, 26, 22, 14, 10, 7, 5)
 # Order of the small-print elements on a sticker, top to bottom.
@@ -166,10 +168,25 @@ class _Block:
     draw: Callable[[ImageDraw.ImageDraw, int, int], Labelled]
 
 
-def make_example_catalog(out_dir: Path, n_items: int = 30, seed: int = 0) -> Path:
-    """Write a synthetic catalog (catalog.jsonl + img/) and return the catalog path."""
+def make_example_catalog(
+    out_dir: Path,
+    n_items: int = 30,
+    seed: int = 0,
+    photo_long_side: int = DEFAULT_LONG_SIDE,
+    workers: int = 1,
+) -> Path:
+    """Write a synthetic catalog (catalog.jsonl + img/) and return the catalog path.
+
+    photo_long_side: about this many pixels on a photo's longer side (640: the example
+    catalog; 1600: real-size 1600x1200 photos, the same small print, so smaller in the
+    frame); workers: processes drawing items (the catalog is the same for any number).
+    """
     return write_catalog(
-        out_dir, n_items, lambda img_dir, index: _make_item(img_dir, index, seed), "synthetic"
+        out_dir,
+        n_items,
+        functools.partial(_make_item, seed=seed, long_side=photo_long_side),
+        "synthetic",
+        workers,
     )
 
 
@@ -197,15 +214,17 @@ def ean13_modules(code: str) -> str:
 # ---------------------------------------------------------------- item content
 
 
-def _make_item(img_dir: Path, index: int, seed: int) -> dict[str, Any]:
-    """One catalog item; depends only on (seed, index)."""
+def _make_item(
+    img_dir: Path, index: int, seed: int, long_side: int = DEFAULT_LONG_SIDE
+) -> dict[str, Any]:
+    """One catalog item; depends only on (seed, index, long_side)."""
     rng = random.Random(f"croptune-synthetic:{seed}:{index}")
     product = _make_product(rng, f"EX{index + 1:04d}")
     plan = _plan_photos(rng, product)
     images: list[str] = []
     boxes: list[dict[str, Any]] = []
     for i, elements in enumerate(plan):
-        image, drawn = _draw_photo(rng, product, elements)
+        image, drawn = _draw_photo(rng, product, elements, long_side)
         name = f"{product.item_id}_{i}.jpg"
         save_photo(image, img_dir / name, rng)
         images.append(f"img/{name}")
@@ -323,10 +342,10 @@ def _attributes(product: _Product) -> dict[str, Any]:
 
 
 def _draw_photo(
-    rng: random.Random, product: _Product, elements: list[str]
+    rng: random.Random, product: _Product, elements: list[str], long_side: int
 ) -> tuple[Image.Image, Labelled]:
     """One upright photo of the product and the labelled regions drawn on it."""
-    size = _photo_size(rng)
+    size = _photo_size(rng, long_side)
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     face = _draw_product(draw, rng, size, product)
@@ -339,10 +358,12 @@ def _draw_photo(
     return _add_noise(image, rng), [(label, clip(rect, size)) for label, rect in drawn]
 
 
-def _photo_size(rng: random.Random) -> tuple[int, int]:
-    """About 640x480, sometimes portrait."""
-    long_side, short_side = 640 + rng.randint(-48, 48), 480 + rng.randint(-32, 32)
-    return (short_side, long_side) if rng.random() < 0.2 else (long_side, short_side)
+def _photo_size(rng: random.Random, long_side: int = DEFAULT_LONG_SIDE) -> tuple[int, int]:
+    """About long_side x 3/4 of it (640x480 by default), sometimes portrait."""
+    scale = long_side / DEFAULT_LONG_SIDE
+    width = round((640 + rng.randint(-48, 48)) * scale)
+    height = round((480 + rng.randint(-32, 32)) * scale)
+    return (height, width) if rng.random() < 0.2 else (width, height)
 
 
 def _background(rng: random.Random, size: tuple[int, int]) -> Image.Image:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from PIL import Image
@@ -33,16 +35,34 @@ PAPER: RGB = (250, 250, 246)
 
 
 def write_catalog(
-    out_dir: Path, n_items: int, make_item: Callable[[Path, int], dict], kind: str
+    out_dir: Path,
+    n_items: int,
+    make_item: Callable[[Path, int], dict],
+    kind: str,
+    workers: int = 1,
 ) -> Path:
-    """catalog.jsonl (one line per make_item(img_dir, index)) and img/ under out_dir."""
+    """catalog.jsonl (one line per make_item(img_dir, index)) and img/ under out_dir.
+
+    workers > 1: items are drawn in that many processes (make_item must be picklable, and
+    depend only on its index, so the catalog is the same for any number of workers).
+    """
     out_dir = Path(out_dir)
     img_dir = out_dir / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     catalog = out_dir / "catalog.jsonl"
-    with catalog.open("w", encoding="utf-8", newline="\n") as fh:
-        for index in range(n_items):
-            fh.write(json.dumps(make_item(img_dir, index), ensure_ascii=False) + "\n")
+    with contextlib.ExitStack() as stack:
+        lines: Iterable[dict]
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            draw = functools.partial(make_item, img_dir)
+            lines = pool.map(draw, range(n_items), chunksize=8)  # in index order
+        else:
+            lines = (make_item(img_dir, index) for index in range(n_items))
+        fh = stack.enter_context(catalog.open("w", encoding="utf-8", newline="\n"))
+        for line in lines:
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
     log.info("wrote %d %s items to %s", n_items, kind, catalog)
     return catalog
 
