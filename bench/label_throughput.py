@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from teacher_labeling.client import EncodedImages  # noqa: E402
 from teacher_labeling.conventions import sent_size  # noqa: E402
-from teacher_labeling.labeling import ImagePool, label_items  # noqa: E402
+from teacher_labeling.image_pool import ImagePool  # noqa: E402
+from teacher_labeling.labeling import label_items  # noqa: E402
 from teacher_labeling.teachers import OpenAITeacher, TeacherConfig  # noqa: E402
 from toolkit.catalog import ingest_catalog, load_catalog  # noqa: E402
 from toolkit.images import encode_jpeg  # noqa: E402

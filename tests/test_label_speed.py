@@ -24,7 +24,8 @@ from PIL import Image
 
 from teacher_labeling.client import EncodedImages, encode_data_url
 from teacher_labeling.conventions import smart_resize
-from teacher_labeling.labeling import ImagePool, label_items
+from teacher_labeling.image_pool import ImagePool
+from teacher_labeling.labeling import label_items
 from teacher_labeling.teachers import OpenAITeacher, TeacherConfig
 from tests.fake_openai import FakeOpenAI, Latency, RedSquareBoxes
 from toolkit.catalog import ingest_catalog, load_catalog
@@ -320,7 +321,7 @@ def test_an_unreadable_photo_in_a_worker_process_fails_its_item_only(tmp_path):
 WORKERS_SCRIPT = """
     import multiprocessing, sys, time
     sys.path.insert(0, {root!r})
-    from teacher_labeling.labeling import ImagePool
+    from teacher_labeling.image_pool import ImagePool
 
     if __name__ == "__main__":
         with ImagePool(workers=2) as pool:
