@@ -157,6 +157,13 @@ def ingest_only(catalog: Path, run: Path) -> None:
 
 
 # Set-up that is not measured
+def quietly(command: list[str]) -> None:
+    """Run a set-up command; its output only if it fails."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+
+
 def start_loopback(latency_ms: int) -> tuple[subprocess.Popen, str]:
     """The loopback OpenAI-compatible server (tests/fake_openai.py) in its own process."""
     process = subprocess.Popen(
@@ -193,18 +200,16 @@ def make_bundle(folder: Path, run: Path) -> Path:
     high-water mark across fork and exec), so this process never loads torch.
     """
     student = folder / "student"
-    subprocess.run([sys.executable, __file__, "--student-only", str(student)], check=True)
+    quietly([sys.executable, __file__, "--student-only", str(student)])
     detector = folder / "detector"
-    subprocess.run(
+    quietly(
         [CROPTUNE, "--no-progress", "detector", "train", "--run", str(run), "--out", str(detector),
          "epochs=1", "imgsz=320"],
-        check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     bundle = folder / "bundle"
-    subprocess.run(
+    quietly(
         [CROPTUNE, "--no-progress", "export", "--adapter", str(student / "train" / "adapter"), "--out",
          str(bundle), "--detector", str(detector), "--force"],
-        check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     return bundle
 
@@ -234,7 +239,7 @@ def stages_at(
     reference = ROOT / "toolkit" / "configs" / "label-reference.yaml"
     endpoint = ["--endpoint", base_url, "--model", "loopback", "--api-key-env", KEY_ENV]
     if "label loopback" in stages:  # its own run, ingested beforehand: not measured
-        subprocess.run(ingest_command(catalog, loop_run), check=True)
+        quietly(ingest_command(catalog, loop_run))
     out = []
     for stage, command, outputs in (
         ("ingest", ingest_command(catalog, run), [run]),
@@ -257,7 +262,7 @@ def stages_at(
     ):  # fmt: skip
         if stage not in stages:  # run, as the later stages need it, but not reported
             if stage in ("ingest", "label reference", "crop"):
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                quietly(command)
             continue
         measured = measure(stage, n, command, outputs)
         print(
@@ -353,10 +358,9 @@ def main() -> None:
                 setup = work / "setup"
                 shutil.rmtree(setup, ignore_errors=True)
                 reference = ROOT / "toolkit" / "configs" / "label-reference.yaml"
-                subprocess.run(
+                quietly(
                     [CROPTUNE, "--no-progress", "label", str(first), "--config", str(reference),
                      "--run", str(setup / "run")],
-                    check=True, stdout=subprocess.DEVNULL,
                 )  # fmt: skip
                 bundle = make_bundle(setup, setup / "run")
             results[n] = stages_at(
