@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from toolkit.images import marked_source
+
 if TYPE_CHECKING:
     from teacher_labeling.engine import RequestEngine
 
@@ -171,6 +173,7 @@ class EncodedImages:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self.encoded = 0  # data URLs made (a hit makes none)
+        self.sent_as_file = 0  # images sent as their files' own bytes (nothing to encode)
 
     def get(self, image_hash: str, size: tuple[int, int], encoding: Encoding) -> str | None:
         """The data URL of the image with that pixel hash at that size, if encoded already."""
@@ -191,10 +194,18 @@ class EncodedImages:
                 self._bytes -= len(self._cache.pop(oldest))
 
     def data_url(self, image: Image.Image, image_hash: str, config: EndpointSettings) -> str:
-        """The data URL of an image as an endpoint config sends it (JPEG or lossless PNG)."""
+        """The data URL of an image as an endpoint config sends it: JPEG, or lossless (PNG, or
+        the image's own file when it decodes to exactly its pixels: toolkit.images.marked_source)."""
         encoding = encoding_of(config)
         if isinstance(image, EncodedImage) and image.encoding == encoding:
             return image.data_url
+        if encoding[0] == "png":
+            # Lossless asked: a file that decodes to exactly these pixels goes as it is
+            # (a JPEG photo: a fifth of the PNG's bytes, and no encoding).
+            source = marked_source(image, image_hash)
+            if source is not None:
+                self.sent_as_file += 1
+                return source.data_url()
         url = self.get(image_hash, image.size, encoding)
         if url is None:
             url = encode_data_url(image, encoding)

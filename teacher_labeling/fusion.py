@@ -8,7 +8,7 @@ every cluster becomes one fused box, weighted-boxes-fusion style.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
@@ -137,21 +137,26 @@ def fuse_boxes(
     return fused
 
 
-def agreement_stats(fused: list[FusedBox]) -> AgreementStats:
+def agreement_stats(fused: Iterable[FusedBox]) -> AgreementStats:
     """Fused boxes, share confirmed by every teacher, mean agreement, unmatched boxes per teacher.
 
     A box is unmatched when other teachers labeled its image but none of them confirmed it.
+    fused is read once (a run's boxes stream through: only the counts are kept).
     """
     unmatched: dict[str, int] = {}
+    count = confirmed = 0
+    total = 0.0
     for f in fused:
         for m in f.members:
             unmatched.setdefault(m.source, 0)
         if len(f.members) == 1 and f.agreement < 1.0:
             unmatched[f.members[0].source] += 1
-    count = len(fused)
+        count += 1
+        confirmed += f.agreement >= 1.0
+        total += f.agreement
     return AgreementStats(
         boxes=count,
-        confirmed_by_all=sum(1 for f in fused if f.agreement >= 1.0) / count if count else 0.0,
-        mean_agreement=float(np.mean([f.agreement for f in fused])) if count else 0.0,
+        confirmed_by_all=confirmed / count if count else 0.0,
+        mean_agreement=total / count if count else 0.0,
         unmatched=dict(sorted(unmatched.items())),
     )

@@ -540,7 +540,7 @@ def _agreement(store: RunStore, teachers: list[Teacher], fusion: FusionConfig) -
 
     names = [t.name for t in teachers if t.does_boxes]
     return agreement_stats(
-        [result for item in store.items() for result in _fused(store, item.item_id, names, fusion)]
+        result for item in store.items() for result in _fused(store, item.item_id, names, fusion)
     )
 
 

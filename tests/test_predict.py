@@ -3,6 +3,7 @@ the endpoint student, and the whole recipe end to end on the tiny student."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -303,6 +304,53 @@ def test_what_ingest_changed_about_a_photo_is_in_its_record(tmp_path):
     assert records["cmyk"]["warnings"] == ["image 0 (cmyk.jpg): CMYK converted to RGB"]
     assert "warnings" not in records["plain"]
     assert summary.warnings["image ...: CMYK converted to RGB"] == ["cmyk"]
+
+
+def test_a_photo_croptune_did_not_change_is_sent_as_its_own_file(tmp_path):
+    from toolkit.dataset.rows import fit_image
+    from toolkit.images import decode_image
+
+    side = 200  # the bundle's originals_max_side
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "upright.jpg", quality=90)
+    Image.fromarray(noise).save(folder / "upright.png")
+    photo(folder / "turned.jpg", (160, 120), turned=True)
+    Image.new("CMYK", (64, 48), (0, 255, 0, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.tile(noise, (3, 3, 1))).save(folder / "big.jpg", quality=90)  # 480x360
+    # file -> (MIME type sent, sent as the file's own bytes)
+    expected = {
+        "upright.jpg": ("image/jpeg", True),  # unchanged: its bytes, nothing encoded
+        "upright.png": ("image/png", True),  # unchanged PNG: its bytes too
+        "turned.jpg": ("image/png", False),  # EXIF-turned upright by croptune: PNG of those
+        "cmyk.jpg": ("image/png", False),  # converted to RGB: PNG
+        "big.jpg": ("image/png", False),  # over originals_max_side: PNG of the downscaled
+    }
+    rows = [{"item_id": name, "title": f"listing {name}", "images": [name]} for name in expected]
+    data = manifest_data(strategy="originals")
+    data["prompt"].update(originals_max_side=side)
+    bundle = load_bundle(write_manifest(tmp_path / "bundle", data))
+    with FakeOpenAI(FixedAnswer(json.dumps(ANSWER))) as server:
+        summary = predict_catalog(bundle, write_catalog(folder, rows), tmp_path / "p.jsonl",
+                                  endpoint(server))  # fmt: skip
+    assert summary.predicted == len(expected)
+    sent = {}
+    for request in (ChatRequest(r.body_json) for r in chats(server)):
+        (url,) = request.image_urls
+        (image,) = request.images
+        name = next(n for n in expected if f"listing {n}" in " ".join(request.texts))
+        sent[name] = (url, image)
+    assert sent.keys() == expected.keys()
+    for name, (mime, own_bytes) in expected.items():
+        url, received = sent[name]
+        file_bytes = (folder / name).read_bytes()
+        assert url.startswith(f"data:{mime};base64,"), (name, url[:30])
+        assert (base64.b64decode(url.split(",", 1)[1]) == file_bytes) is own_bytes, name
+        # Either way the student sees exactly the training pixels (oriented, RGB, fitted).
+        want = fit_image(decode_image(file_bytes), side)
+        assert received.size == want.size and received.mode == "RGB", name
+        assert np.array_equal(np.asarray(received), np.asarray(want)), name
 
 
 def test_catalog_problems_become_error_records(tmp_path):

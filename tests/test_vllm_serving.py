@@ -408,6 +408,67 @@ def test_predict_against_vllm_gives_the_in_process_answers(demo, server, client,
     assert len(answers) == 3
 
 
+# vLLM's own image loader, in its environment: each data URL -> the pixel hash it decodes to.
+_VLLM_DECODE = """
+import base64, hashlib, json, sys
+from vllm.multimodal.media.image import ImageMediaIO
+for url in json.load(open(sys.argv[1])):
+    image = ImageMediaIO().load_bytes(base64.b64decode(url.split(",", 1)[1])).media
+    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    print(digest.hexdigest())
+"""
+
+
+def test_vllm_decodes_what_predict_sends_to_the_training_pixels(vllm_sandbox, tmp_path):
+    """An unchanged photo goes as its own file, what croptune made as PNG: vLLM decodes both
+    to exactly the pixels the student was trained on (Pillow and libjpeg of two venvs)."""
+    from teacher_labeling.client import EncodedImages
+    from teacher_labeling.endpoint import EndpointConfig
+    from tests.vllm_server import vllm_executable
+    from toolkit.dataset.rows import fit_image
+    from toolkit.dataset.stored import source_file
+    from toolkit.images import decode_image, mark_source, pixel_hash
+
+    rng = np.random.default_rng(3)
+    noise = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    files = {}
+    for name, save in {
+        "upright.jpg": lambda f: noise.save(f, quality=90),  # sent as itself
+        "upright.webp": lambda f: noise.save(f, quality=80),  # sent as itself
+        "turned.jpg": lambda f: noise.transpose(Image.Transpose.ROTATE_90).save(
+            f, quality=90, exif=_orientation(6)
+        ),  # turned upright by croptune: PNG
+        "big.jpg": lambda f: noise.resize((1200, 900)).save(f, quality=90),  # downscaled: PNG
+    }.items():
+        save(tmp_path / name)
+        files[name] = (tmp_path / name).read_bytes()
+    config = EndpointConfig(name="s", model="s", base_url="http://127.0.0.1:9/v1")
+    encoded, urls, want = EncodedImages(), [], []
+    for data in files.values():
+        image = decode_image(data)
+        source = source_file(data, pixel_hash(image))
+        fitted = fit_image(mark_source(image, source) if source else image, 1024)
+        urls.append(encoded.data_url(fitted, pixel_hash(fitted), config))
+        want.append(pixel_hash(fitted))
+    assert [url[:15] for url in urls] == [
+        "data:image/jpeg", "data:image/webp", "data:image/png;", "data:image/png;"
+    ]  # fmt: skip
+    (tmp_path / "urls.json").write_text(json.dumps(urls))
+    python = Path(str(vllm_executable())).with_name("python")
+    got = subprocess.run(
+        [str(python), "-c", _VLLM_DECODE, str(tmp_path / "urls.json")],
+        capture_output=True, text=True, check=True, cwd=vllm_sandbox,
+    ).stdout.split()  # fmt: skip
+    assert got == want
+
+
+def _orientation(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif
+
+
 def test_predict_for_a_model_the_server_does_not_serve_fails_at_once(demo, server, tmp_path):
     """An adapter vLLM refused (or a typo) is not served: one message with the URL, exit 1."""
     result = predict(

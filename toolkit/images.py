@@ -50,6 +50,46 @@ class LoadedImage:
         return self.image.size
 
 
+# Where an image's SourceFile travels with its pixels (Pillow copies `info` to what is made
+# from an image, a resize or a crop too: marked_source checks the pixel hash before use).
+_SOURCE_KEY = "croptune.source_file"
+# A file format's MIME type in a data URL (MPO: a JPEG with more frames after the first).
+SOURCE_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """An image file's bytes that decode to exactly some oriented RGB pixels (their hash)."""
+
+    data: bytes
+    pixel_hash: str
+    mime: str  # a SOURCE_MIME value
+
+    def data_url(self) -> str:
+        """The file as a data URL (its own bytes, base64)."""
+        import base64
+
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+def mark_source(image: Image.Image, source: SourceFile) -> Image.Image:
+    """The image, carrying the file it was decoded from (sent instead of a re-encoding)."""
+    image.info[_SOURCE_KEY] = source
+    return image
+
+
+def marked_source(image: Image.Image, image_hash: str) -> SourceFile | None:
+    """The file the image was decoded from, when its bytes decode to exactly these pixels.
+
+    image_hash: pixel_hash(image). An image made from a marked one (resized, cropped,
+    converted) carries the mark too, with other pixels: the hash tells them apart.
+    """
+    source = image.info.get(_SOURCE_KEY)
+    if isinstance(source, SourceFile) and source.pixel_hash == image_hash:
+        return source
+    return None
+
+
 def is_url(uri: str) -> bool:
     """Whether an image reference is an http(s) URL rather than a file path."""
     return uri[:8].lower().startswith(("http://", "https://"))  # schemes are case-insensitive

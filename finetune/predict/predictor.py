@@ -18,11 +18,12 @@ from finetune.predict.box_sources import NoBoxes
 from finetune.predict.bundle import Bundle
 from toolkit.answers import Example, GeneratedAnswer
 from toolkit.boxes import Box
-from toolkit.catalog import load_ingested_image
+from toolkit.catalog.ingest import read_ingested_image
 from toolkit.crops import crop_item
 from toolkit.dataset.rows import example_row, item_example
+from toolkit.dataset.stored import source_file
 from toolkit.errors import CroptuneError
-from toolkit.images import ImageChangedError, ImageLoadError
+from toolkit.images import ImageChangedError, ImageLoadError, mark_source
 from toolkit.protocols import AnswerBackend, BoxSource, ItemPhotos
 from toolkit.store import INGEST_STAGE, PREDICT_STAGE, ItemRow, RunStore
 
@@ -121,7 +122,12 @@ class Predictor:
         images: dict[int, Image.Image] = {}
         for row in rows:
             try:
-                images[row.index] = load_ingested_image(row)
+                data, image = read_ingested_image(row)
+                assert image is not None  # decoded (decode=True)
+                # An unchanged upright RGB file is sent as its own bytes (the dataset stores
+                # those), not re-encoded: an endpoint then decodes exactly these pixels.
+                source = source_file(data, row.sha256) if row.sha256 else None
+                images[row.index] = mark_source(image, source) if source else image
             except ImageChangedError as exc:
                 raise ItemFailed(
                     "decode",

@@ -15,7 +15,13 @@ from finetune.detector.config import DETECTOR_SOURCE
 from finetune.predict.box_sources import NoBoxes
 from finetune.predict.bundle import Bundle
 from finetune.predict.predictor import STAGES, ItemFailed, Predictor, PreparedItem
-from finetune.predict.stats import STATS_FILE, PredictSummary, log_stats, predict_stats
+from finetune.predict.stats import (
+    STATS_FILE,
+    PerItem,
+    PredictSummary,
+    log_stats,
+    predict_stats,
+)
 from toolkit.catalog import Catalog, CatalogItem, item_fingerprint
 from toolkit.errors import CroptuneError
 from toolkit.files import atomic_write
@@ -65,7 +71,7 @@ def predict_catalog(
     started = time.perf_counter()
     catalog = load_catalog(catalog_path, allow_outside=allow_outside, columns=columns)
     seconds: dict[str, float] = dict.fromkeys(("ingest", "load", *STAGES), 0.0)
-    per_item: list[dict[str, Any]] = []
+    per_item = PerItem()
     with RunStore(workdir) as store:
         store.set_meta("schema_json", bundle.schema.model_dump_json())
         store.set_meta("catalog", str(Path(catalog_path).resolve()))
@@ -77,34 +83,39 @@ def predict_catalog(
         ingest = ingest_catalog(catalog, store, max_pixels, limit, progress)
         seconds["ingest"] = time.perf_counter() - clock
         scope = catalog.items[:limit] if limit is not None else catalog.items
-        records: dict[str, dict[str, Any]] = {}
-        problems = _problem_records(catalog, scope, store, ingest.problems, records)
+        # Only the records of items that failed before the store are held; every other
+        # record lives in the store's outcomes and is written from there at the end.
+        failed_early: dict[str, dict[str, Any]] = {}
+        problems = _problem_records(catalog, scope, store, ingest.problems, failed_early)
 
         predictor = Predictor(bundle, store, backend, box_source)
         if predictor.box_source.name == DETECTOR_SOURCE:
             logger.log(*bundle.coverage_note())
         todo: list[str] = []  # ids: each item's row is read when its batch comes
-        for item in scope:
-            if item.item_id in records:
-                continue  # failed at ingest
+
+        def known(item: CatalogItem) -> dict[str, Any] | None:
+            """The item's record if it needs no asking (failed at ingest, or done before)."""
+            if item.item_id in failed_early:
+                return failed_early[item.item_id]
             done = predictor.finished(item.item_id)
-            if done is not None:
-                records[item.item_id] = done
-                summary.resumed += 1
-            else:
+            if done is None:
                 todo.append(item.item_id)
-        if summary.resumed:
-            logger.info(
-                "%d item(s) already predicted in %s: not asked again", summary.resumed, workdir
-            )
+            else:
+                summary.resumed += 1
+            return done
+
         # This run's lines as the store's outcomes (None: not done yet), for `croptune report`.
         store.set_outcomes(
             PREDICT_STAGE,
             chain(
-                ((item.item_id, records.get(item.item_id)) for item in scope),
+                ((item.item_id, known(item)) for item in scope),
                 ((record["item_id"], record) for record in problems),
             ),
         )
+        if summary.resumed:
+            logger.info(
+                "%d item(s) already predicted in %s: not asked again", summary.resumed, workdir
+            )
 
         loop_seconds = 0.0
         if todo:
@@ -114,24 +125,12 @@ def predict_catalog(
             seconds["load"] = time.perf_counter() - clock
             clock = time.perf_counter()
             try:
-                _run_items(
-                    predictor, todo, batch_size, progress, records, on_record, seconds, per_item
-                )
+                _run_items(predictor, todo, batch_size, progress, on_record, seconds, per_item)
             finally:
                 predictor.box_source.close()
             loop_seconds = time.perf_counter() - clock
+        _write_records(store, out, summary)
 
-    ordered = [records[item.item_id] for item in scope if item.item_id in records] + problems
-    with atomic_write(out) as handle:
-        for record in ordered:
-            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-    summary.items = len(ordered)
-    summary.failures = [r for r in ordered if "error" in r]
-    summary.failed = len(summary.failures)
-    summary.predicted = summary.items - summary.failed
-    for record in ordered:  # the console's summary: no warning lives only in the files
-        for note in record.get("warnings", []) + record.get("notes", []):
-            summary.warnings.setdefault(cause_of(None, note), []).append(record["item_id"])
     summary.stats = predict_stats(
         summary, bundle, backend, predictor, seconds, per_item, loop_seconds
     )
@@ -148,10 +147,9 @@ def _run_items(
     todo: list[str],
     batch_size: int,
     progress: bool,
-    records: dict[str, dict[str, Any]],
     on_record: Callable[[dict[str, Any]], None] | None,
     seconds: dict[str, float],
-    per_item: list[dict[str, Any]],
+    per_item: PerItem,
 ) -> None:
     """Prepare, answer and record the items, batch_size at a time (each item stored at once)."""
     from toolkit.progress import ProgressBar
@@ -165,7 +163,7 @@ def _run_items(
                     ready.append(predictor.prepare_item(item))
                 except ItemFailed as failure:
                     failed = predictor.fail(item.item_id, failure)
-                    _emit(predictor.store, failed, records, on_record, bar)
+                    _emit(predictor.store, failed, on_record, bar)
             if not ready:
                 continue
             clock = time.perf_counter()
@@ -194,11 +192,28 @@ def _run_items(
                     record.update(boxes=prepared.record["boxes"], images=prepared.record["images"])
                 for stage in STAGES:
                     seconds[stage] += prepared.seconds[stage]
-                per_item.append(
-                    {"images": prepared.record["images"], "boxes": len(prepared.record["boxes"]),
-                     "seconds": prepared.seconds}
-                )  # fmt: skip
-                _emit(predictor.store, record, records, on_record, bar)
+                per_item.add(
+                    prepared.record["images"], len(prepared.record["boxes"]), prepared.seconds
+                )
+                _emit(predictor.store, record, on_record, bar)
+
+
+def _write_records(store: RunStore, out: Path, summary: PredictSummary) -> None:
+    """Write the run's records (the store's outcomes, in catalog order) and count them."""
+    with atomic_write(out) as handle:
+        for row in store.outcomes(PREDICT_STAGE):
+            record = row.record
+            if record is None:
+                continue  # not reached (the run stopped before it)
+            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+            summary.items += 1
+            if "error" in record:
+                summary.failures.append(record)
+            # The console's summary: no warning lives only in the files.
+            for note in record.get("warnings", []) + record.get("notes", []):
+                summary.warnings.setdefault(cause_of(None, note), []).append(record["item_id"])
+    summary.failed = len(summary.failures)
+    summary.predicted = summary.items - summary.failed
 
 
 def _stored_items(store: RunStore, item_ids: list[str]) -> list[ItemRow]:
@@ -215,11 +230,9 @@ def _stored_items(store: RunStore, item_ids: list[str]) -> list[ItemRow]:
 def _emit(
     store: RunStore,
     record: dict[str, Any],
-    records: dict[str, dict[str, Any]],
     on_record: Callable[[dict[str, Any]], None] | None,
     bar: Any,
 ) -> None:
-    records[record["item_id"]] = record
     store.update_outcome(PREDICT_STAGE, record["item_id"], record)
     bar.advance()
     if "error" in record:  # (the CLI prints failures grouped by cause at the end)

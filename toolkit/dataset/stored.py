@@ -12,11 +12,18 @@ from PIL import Image, UnidentifiedImageError
 
 from toolkit.catalog.ingest import read_ingested_image
 from toolkit.dataset.rows import ExampleImage, fit_image
-from toolkit.images import EXIF_ORIENTATION, decode_image, encode_png, read_image_bytes
+from toolkit.images import (
+    EXIF_ORIENTATION,
+    SOURCE_MIME,
+    SourceFile,
+    decode_image,
+    encode_png,
+    read_image_bytes,
+)
 
 # Formats whose bytes are stored as they are (when upright RGB within the size): every
 # trainer decodes them with Pillow as croptune does. Others (TIFF, BMP, GIF, ...) become PNG.
-SOURCE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
+SOURCE_FORMATS = frozenset(SOURCE_MIME)
 # Why an image is stored as PNG instead of its bytes (an image may have several reasons).
 RESIZED = "resized"  # longer than max_image_side: downscaled
 EXIF_TURNED = "exif_turned"  # an EXIF orientation other than 1: turned upright
@@ -45,6 +52,20 @@ def reencode_reasons(data: bytes, max_side: int | None) -> tuple[str, ...]:
     SOURCE_FORMATS format within max_side. Only the header is read (a PNG's EXIF may come
     after its pixels: Pillow decodes it to look, as decode_image does).
     """
+    return _inspect(data, max_side)[0]
+
+
+def source_file(data: bytes, pixel_hash: str, max_side: int | None = None) -> SourceFile | None:
+    """The file to send or store instead of re-encoding, when its bytes decode to exactly the
+    example's pixels (reencode_reasons is empty); pixel_hash: those pixels' hash."""
+    reasons, image_format = _inspect(data, max_side)
+    if reasons or image_format is None:
+        return None
+    return SourceFile(data, pixel_hash, SOURCE_MIME[image_format])
+
+
+def _inspect(data: bytes, max_side: int | None) -> tuple[tuple[str, ...], str | None]:
+    """reencode_reasons, and the file's format (None when unreadable)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked at ingest
@@ -56,9 +77,9 @@ def reencode_reasons(data: bytes, max_side: int | None) -> tuple[str, ...]:
                     reasons.append(CONVERTED)
                 if max_side is not None and max(image.size) > max_side:
                     reasons.append(RESIZED)
-                return tuple(reasons)
+                return tuple(reasons), image.format
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
-        return (CONVERTED,)  # unreadable here: decoding says why (ImageLoadError)
+        return (CONVERTED,), None  # unreadable here: decoding says why (ImageLoadError)
 
 
 def stored_image(source: ExampleImage, reencode: bool = False) -> StoredImage:
