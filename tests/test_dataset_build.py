@@ -5,6 +5,7 @@ whatever their number, streamed in chunks, and resumable after an interrupted bu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from toolkit.dataset import DatasetConfig, build_dataset
 from toolkit.dataset.build import default_workers
 from toolkit.dataset.chunks import WORK_DIR
 from toolkit.dataset.rows import example_sources
+from toolkit.errors import CroptuneError
+from toolkit.saved_dataset import load_saved_dataset
 from toolkit.schema import load_schema
 from toolkit.store import RunStore
 
@@ -323,3 +326,123 @@ def test_an_unreadable_photo_leaves_its_item_out_and_the_build_goes_on(tmp_path)
         (event,) = store.errors("L03", stage="dataset")
     assert summary.left_out == {"image unreadable": 1} and sum(summary.examples.values()) == 5
     assert event["message"] == f"image 0 ({missing}): file not found"
+
+
+# ------------------------------------------------------------ saving: the chunk files moved
+
+
+def _copied_save(files: dict[str, list[Path]], out: Path) -> None:
+    """What the build saved before its chunk files were moved: them memory-mapped,
+    concatenated and copied by save_to_disk."""
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    splits = {
+        name: concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
+        for name, paths in files.items()
+        if paths
+    }
+    DatasetDict(splits).save_to_disk(str(out))
+
+
+def _json(path: Path, *dropped: str) -> dict:
+    data = json.loads(path.read_text())
+    return {key: value for key, value in data.items() if key not in dropped}
+
+
+def test_the_saved_splits_are_the_chunk_files_moved_and_load_as_their_copy_did(
+    example_run, tmp_path, monkeypatch
+):
+    out, copied = tmp_path / "ds", tmp_path / "copied"
+    chunk_files: dict[str, list[tuple[int, int]]] = {}
+    real_save = build_module._save
+
+    def save(files, out_dir, work_dir):
+        _copied_save(files, copied)  # the old way, from the same chunk files
+        for name, paths in files.items():
+            chunk_files[name] = [(p.stat().st_ino, p.stat().st_size) for p in paths]
+        real_save(files, out_dir, work_dir)
+
+    monkeypatch.setattr(build_module, "_save", save)
+    summary = _build(example_run, out, chunk_items=2)  # 5 chunks: several files a split
+    assert not (out / WORK_DIR).exists()
+    splits = [name for name, files in chunk_files.items() if files]
+    assert json.loads((out / "dataset_dict.json").read_text()) == {"splits": splits}
+    assert len(chunk_files["train"]) > 1
+    for name in splits:
+        n = len(chunk_files[name])
+        data = sorted((out / name).glob("*.arrow"))
+        # save_to_disk's names, in chunk order, each the chunk file itself (its inode)
+        assert [p.name for p in data] == [f"data-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
+        assert [(p.stat().st_ino, p.stat().st_size) for p in data] == chunk_files[name]
+        assert sorted(p.name for p in (out / name).iterdir() if p.suffix != ".arrow") == [
+            "dataset_info.json",
+            "state.json",
+        ]
+        # save_to_disk's metadata, but for the data files and the fingerprint
+        for meta, dropped in (("dataset_info.json", ()), ("state.json", ("_data_files",))):
+            mine, theirs = _json(out / name / meta, *dropped), _json(copied / name / meta, *dropped)
+            assert mine.pop("_fingerprint", None) != theirs.pop("_fingerprint", 0)
+            assert mine == theirs, (name, meta)
+    # The same rows, in the same order, as the copy; loaded by croptune's reader too.
+    assert _tables(out).keys() == _tables(copied).keys()
+    for name, table in _tables(out).items():
+        assert table.equals(_tables(copied)[name]), name
+    saved = load_saved_dataset(out, "not a dataset")
+    assert {name: saved[name].num_rows for name in saved} == {
+        name: summary.examples[name] for name in splits
+    }
+    assert saved["train"][0]["images"][0].size > (0, 0)  # images decode from the moved files
+    fingerprints = {_json(out / name / "state.json")["_fingerprint"] for name in splits}
+    assert len(fingerprints) == len(splits)
+
+
+def test_an_empty_split_is_left_out_of_the_saved_dataset(tmp_path):
+    from tests.test_labels_export import _listings_run, _own
+
+    with _listings_run(tmp_path, [_own(n) for n in range(6)]) as store:
+        config = DatasetConfig(validation_ratio=0.0, test_ratio=0.3)
+        summary = build_dataset(store, tmp_path / "ds", load_schema(), config)
+    assert summary.examples["validation"] == 0 and summary.examples["test"] > 0
+    saved = load_saved_dataset(tmp_path / "ds", "not a dataset")
+    assert sorted(saved) == ["test", "train"] and not (tmp_path / "ds" / "validation").exists()
+    assert sum(saved[name].num_rows for name in saved) == 6
+
+
+def test_a_build_that_dies_while_moving_its_chunks_gives_the_full_dataset_when_rerun(
+    example_run, tmp_path, monkeypatch
+):
+    clean = _build(example_run, tmp_path / "clean", chunk_items=2)
+    out = tmp_path / "ds"
+    real_replace, real_save = os.replace, build_module._save
+    moved: list[str] = []
+
+    def dying_replace(src, dst):
+        if len(moved) == 3:  # the process dies after moving three chunk files
+            raise KeyboardInterrupt
+        moved.append(Path(src).name)
+        real_replace(src, dst)
+
+    def save(*args):
+        monkeypatch.setattr(os, "replace", dying_replace)
+        try:
+            real_save(*args)
+        finally:
+            monkeypatch.setattr(os, "replace", real_replace)
+
+    monkeypatch.setattr(build_module, "_save", save)
+    with pytest.raises(KeyboardInterrupt):
+        _build(example_run, out, chunk_items=2)
+    assert len(moved) == 3 and all(name.startswith("chunk-") for name in moved)
+    with pytest.raises(CroptuneError):  # no half-moved dataset loads
+        load_saved_dataset(out, "not a dataset")
+
+    monkeypatch.setattr(build_module, "_save", real_save)
+    resumed = _build(example_run, out, chunk_items=2)
+    # The chunks whose files were moved are built again, the others reused.
+    again = {name.split(".")[0] for name in moved}
+    assert (resumed.chunks_built, resumed.chunks_reused) == (len(again), 5 - len(again))
+    _assert_same_dataset(out, tmp_path / "clean")
+    assert resumed.stats() == clean.stats()
+    # Built again over a saved dataset, in other chunks: the new one's files are the ones named.
+    _build(example_run, out, chunk_items=4)
+    _assert_same_dataset(out, tmp_path / "clean")

@@ -1,7 +1,9 @@
-"""build_dataset: a run's labeled items -> a saved DatasetDict, and its DatasetSummary."""
+"""build_dataset: a run's labeled items -> a saved DatasetDict (its data files the build's
+chunk files, moved into place), and its DatasetSummary."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -122,6 +124,9 @@ def _check_train_left(splits: dict[str, str], summary: DatasetSummary) -> None:
     )
 
 
+# The metadata of the saved dataset, made in the work folder before it moves into place.
+SAVED_METADATA = "saved-metadata"
+
 # With no number of workers asked for, processes start only when the chunks left would
 # take longer than this in process: starting one costs 1-3 s (an interpreter, pyarrow,
 # croptune), more than a build of source bytes takes for a few hundred items.
@@ -157,7 +162,8 @@ def build_dataset(
     processes (1: in this one; None: in this one, then up to default_workers() processes
     once the chunks left would take longer than PARALLEL_AFTER_S), streamed: the same
     dataset whatever the number of workers. A rerun after an interrupted build reuses its
-    finished chunks.
+    finished chunks. The finished chunk files become the saved dataset's data files (moved,
+    not copied: _save), so saving costs neither a second write of the rows nor memory.
     """
     if not progress:
         import datasets
@@ -201,7 +207,7 @@ def build_dataset(
             f"({summary.left_out.get(IMAGE_UNREADABLE, 0)} items left out; see "
             "`croptune report`); nothing was written"
         )
-    _save(files, out_dir)
+    _save(files, out_dir, work_dir)
     crop_config = store.get_meta("crop_config")
     facts = {
         "config": config.model_dump(mode="json"),
@@ -267,18 +273,74 @@ def _build_chunks(
     return files
 
 
-def _save(files: dict[str, list[Path]], out_dir: Path) -> None:
-    """Save the chunks' rows as one DatasetDict (save_to_disk), split by split in chunk order.
+def _save(files: dict[str, list[Path]], out_dir: Path, work_dir: Path) -> None:
+    """Make the finished chunk files the saved DatasetDict's own data files, split by split in
+    chunk order: moved into out_dir/<split>/ (no copy), with the metadata save_to_disk writes.
 
-    The chunk files are memory-mapped and copied in shards: no split is held in memory.
+    The metadata comes from `datasets` itself: the dataset the chunks make (the chunk files
+    memory-mapped and concatenated, no row read) with none of its rows, saved with
+    save_to_disk to a folder in work_dir; its state then names the chunk files, as
+    save_to_disk names its shards. Everything is moved only once every chunk is finished,
+    dataset_dict.json last: a build that dies while moving leaves no loadable dataset in
+    out_dir, and its rerun builds again the chunks whose files were moved.
     """
-    from datasets import Dataset, DatasetDict, concatenate_datasets
+    from datasets import Dataset, DatasetDict, concatenate_datasets, config
 
-    dataset = DatasetDict(
-        {
-            name: concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
-            for name, paths in files.items()
-            if paths  # datasets cannot reload an empty saved split
-        }
-    )
-    dataset.save_to_disk(str(out_dir))
+    # An empty split is left out: datasets cannot reload an empty saved split.
+    splits = {name: paths for name, paths in files.items() if paths}
+    metadata = work_dir / SAVED_METADATA
+    if metadata.exists():  # from a build that died before moving it
+        shutil.rmtree(metadata)
+    # The rows' identity: the build's settings (work_dir's name) and its chunks' keys.
+    fingerprints = {
+        name: _digest([work_dir.name, name, [path.name for path in paths]])
+        for name, paths in splits.items()
+    }
+    empty: dict[str, Any] = {}
+    for name, paths in splits.items():
+        dataset = concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
+        empty[name] = Dataset(
+            dataset.data.slice(0, 0),
+            info=dataset.info,
+            split=dataset.split,
+            fingerprint=fingerprints[name],
+        )
+        empty[name].set_format(**dataset.format)
+    DatasetDict(empty).save_to_disk(str(metadata))
+    del empty, dataset  # the chunk files move next (a mapped file would move as well)
+    shards: dict[str, list[str]] = {}
+    for name, paths in splits.items():
+        for stray in (metadata / name).glob("*.arrow"):  # none: no rows were saved
+            stray.unlink()
+        state_path = metadata / name / config.DATASET_STATE_JSON_FILENAME
+        state = json.loads(state_path.read_text())
+        shards[name] = [f"data-{n:05d}-of-{len(paths):05d}.arrow" for n in range(len(paths))]
+        state["_data_files"] = [{"filename": shard} for shard in shards[name]]
+        state["_fingerprint"] = fingerprints[name]  # set_format derived another
+        state_path.write_text(json.dumps(state, indent=2, sort_keys=True))
+    # out_dir is no saved dataset until everything is in place (an older one is overwritten).
+    (out_dir / config.DATASETDICT_JSON_FILENAME).unlink(missing_ok=True)
+    for name, paths in splits.items():
+        split_dir = out_dir / name
+        split_dir.mkdir(exist_ok=True)
+        (split_dir / config.DATASET_STATE_JSON_FILENAME).unlink(missing_ok=True)
+        for old in split_dir.glob("data-*-of-*.arrow"):  # an older build's: listed nowhere now
+            old.unlink()
+        for path, shard in zip(paths, shards[name], strict=True):
+            os.replace(path, split_dir / shard)
+        for saved in sorted((metadata / name).iterdir(), key=_state_last):
+            os.replace(saved, split_dir / saved.name)
+    for saved in sorted((p for p in metadata.iterdir() if p.is_file()), key=_state_last):
+        os.replace(saved, out_dir / saved.name)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def _state_last(path: Path) -> tuple[bool, str]:
+    """Sort key: the state files (what makes a folder a saved dataset) after the others."""
+    from datasets import config
+
+    last = (config.DATASET_STATE_JSON_FILENAME, config.DATASETDICT_JSON_FILENAME)
+    return path.name in last, path.name

@@ -151,7 +151,8 @@ def plan_chunks(
 
 
 def finished_chunk(spec: BuildSpec, chunk: Chunk) -> dict[str, Any] | None:
-    """The record of the chunk when an earlier build finished it (its files all there)."""
+    """The record of the chunk when an earlier build finished it (its files all there: one
+    whose files an interrupted save already moved into the dataset is built again)."""
     path = spec.work_dir / f"{chunk.name}.json"
     if not path.is_file():
         return None
@@ -201,8 +202,9 @@ def build_chunk(spec: BuildSpec, chunk: Chunk, store: RunStore | None = None) ->
 
 
 class _SplitWriter:
-    """One split's rows of a chunk: an Arrow IPC stream (what `datasets` memory-maps), written
-    WRITER_BATCH_ROWS rows at a time to a partial file, renamed into place when finished."""
+    """One split's rows of a chunk: an Arrow IPC stream (what `datasets` memory-maps; the saved
+    dataset's data file once moved), written WRITER_BATCH_ROWS rows at a time to a partial
+    file, renamed into place when finished."""
 
     def __init__(self, path: Path, schema: Any) -> None:
         import pyarrow as pa
