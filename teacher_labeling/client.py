@@ -173,7 +173,6 @@ class EncodedImages:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self.encoded = 0  # data URLs made (a hit makes none)
-        self.sent_as_file = 0  # images sent as their files' own bytes (nothing to encode)
 
     def get(self, image_hash: str, size: tuple[int, int], encoding: Encoding) -> str | None:
         """The data URL of the image with that pixel hash at that size, if encoded already."""
@@ -204,7 +203,6 @@ class EncodedImages:
             # (a JPEG photo: a fifth of the PNG's bytes, and no encoding).
             source = marked_source(image, image_hash)
             if source is not None:
-                self.sent_as_file += 1
                 return source.data_url()
         url = self.get(image_hash, image.size, encoding)
         if url is None:
