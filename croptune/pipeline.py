@@ -7,7 +7,7 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -21,6 +21,9 @@ from toolkit.errors import CroptuneError
 from toolkit.files import json_lines
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import RunStore
+
+# How label and relabel send requests: this process's async engine, or a Ray cluster.
+LabelEngine = Literal["async", "ray"]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -79,11 +82,22 @@ def run_label(
     limit: int | None = None,
     progress: bool = False,
     batch: bool = False,
+    engine: LabelEngine = "async",
 ) -> tuple[IngestSummary, LabelSummary]:
-    """Ingest a catalog into the run and label it with the configured teachers."""
+    """Ingest a catalog into the run and label it with the configured teachers.
+
+    engine: async (this process's request engine) or ray (a Ray cluster, `config.ray`).
+    """
     from teacher_labeling.labeling import label_items
 
     with _ingested(catalog_path, config, run_dir, limit, progress) as (store, teachers, ingest):
+        if engine == "ray":
+            from teacher_labeling.cluster.run import label_on_ray
+
+            summary = label_on_ray(
+                store, teachers, config.ray, limit, progress, config.prices, config.fusion
+            )
+            return ingest, summary
         if batch:
             from teacher_labeling.batch import label_with_batches
 
@@ -123,11 +137,19 @@ def _relabeling(run_dir: Path, config: LabelConfig) -> Iterator[tuple[RunStore, 
         yield store, teachers
 
 
-def run_relabel(run_dir: Path, config: LabelConfig, progress: bool = False) -> LabelSummary:
+def run_relabel(
+    run_dir: Path, config: LabelConfig, progress: bool = False, engine: LabelEngine = "async"
+) -> LabelSummary:
     """ "Better labels": the attributes teachers again, on originals + the run's crops."""
     from teacher_labeling.labeling import label_items
 
     with _relabeling(run_dir, config) as (store, teachers):
+        if engine == "ray":
+            from teacher_labeling.cluster.run import label_on_ray
+
+            return label_on_ray(
+                store, teachers, config.ray, None, progress, config.prices, relabel=True
+            )
         return label_items(store, teachers, None, progress, config.prices, relabel=True)
 
 

@@ -95,7 +95,7 @@ class LabelSummary:
 
 
 @dataclass
-class _Pending:
+class UnsentRequest:
     """A request to send, before its pixels are decoded."""
 
     teacher: Teacher
@@ -226,38 +226,49 @@ async def _label_item(run: _LabelRun, item: ItemRow, relabel: bool, images: Imag
         _fuse_item(run, item, box_teachers)
 
 
-def _pending_requests(run: _LabelRun, item: ItemRow, relabel: bool) -> list[_Pending]:
-    """The item's requests not answered yet, keyed from the stored image hashes alone."""
-    rows = [r for r in run.store.images(item.item_id) if r.usable]
+def _pending_requests(
+    run: _LabelRun, item: ItemRow, relabel: bool, count: bool = True
+) -> list[UnsentRequest]:
+    """The item's requests not answered yet, keyed from the stored image hashes alone.
+
+    count: add the answered ones and those answered for another item to `cached`.
+    """
+    active = [t for t in run.teachers if run.active(t)]
+    todo = []
+    for p in item_requests(run.store, item, active, relabel):
+        key = p.request.cache_key
+        if run.store.has_result(item.item_id, key):
+            run.summary.cached += count
+            continue
+        p.cached = run.store.cached_response(key)
+        if p.cached is not None:
+            run.summary.cached += count
+        todo.append(p)
+    return todo
+
+
+def item_requests(
+    store: RunStore, item: ItemRow, teachers: list[Teacher], relabel: bool
+) -> list[UnsentRequest]:
+    """Every request the teachers are asked about an item (answered or not), keyed."""
+    rows = [r for r in store.images(item.item_id) if r.usable]
     if not rows:
         return []
     hashes = [r.sha256 or "" for r in rows]
     sizes = {r.index: (r.width or 0, r.height or 0) for r in rows}
-    crops = _current_crops(run.store, item.item_id) if relabel else []
-    pending: list[_Pending] = []
-    for teacher in run.teachers:
-        if not run.active(teacher):
-            continue
+    crops = _current_crops(store, item.item_id) if relabel else []
+    requests: list[UnsentRequest] = []
+    for teacher in teachers:
         if teacher.does_attributes:
             request = teacher.attributes_request(item, [], hashes + [c.sha256 for c in crops])
             if crops:
                 request.prompt = relabel_prompt(request.prompt, len(rows), len(crops))
-            pending.append(_Pending(teacher, request, [r.index for r in rows], crops))
+            requests.append(UnsentRequest(teacher, request, [r.index for r in rows], crops))
         if teacher.does_boxes and not relabel:
             for row in rows:
                 request = box_request(teacher, item, row.index, row.sha256 or "", sizes[row.index])
-                pending.append(_Pending(teacher, request, [row.index]))
-    todo = []
-    for p in pending:
-        key = p.request.cache_key
-        if run.store.has_result(item.item_id, key):
-            run.summary.cached += 1
-            continue
-        p.cached = run.store.cached_response(key)
-        if p.cached is not None:
-            run.summary.cached += 1
-        todo.append(p)
-    return todo
+                requests.append(UnsentRequest(teacher, request, [row.index]))
+    return requests
 
 
 def _current_crops(store: RunStore, item_id: str) -> list[CropRow]:
@@ -267,7 +278,7 @@ def _current_crops(store: RunStore, item_id: str) -> list[CropRow]:
 
 
 @dataclass(frozen=True)
-class _Shown:
+class SentImage:
     """One image a request shows, as it is sent."""
 
     source: int | str  # an original's index, or a crop's sha256
@@ -288,22 +299,24 @@ def _sends_data_urls(teacher: Teacher) -> tuple[EncodedImages, Encoding] | None:
     return None
 
 
-def _shown(pending: _Pending, rows: dict[int, ImageRow], encoding: Encoding | None) -> list[_Shown]:
+def sent_images(
+    pending: UnsentRequest, rows: dict[int, ImageRow], encoding: Encoding | None
+) -> list[SentImage]:
     """What a request shows: its originals (a box request's at its sent size), then its crops."""
     request = pending.request
     shown = []
     for index in pending.image_indices:
         row = rows[index]
         size = (request.sent_size if request.image is not None else None) or row.size
-        shown.append(_Shown(index, row.sha256 or "", size, encoding))
+        shown.append(SentImage(index, row.sha256 or "", size, encoding))
     for crop in pending.crops:
         x1, y1, x2, y2 = crop.region
-        shown.append(_Shown(crop.sha256, crop.sha256, (x2 - x1, y2 - y1), encoding))
+        shown.append(SentImage(crop.sha256, crop.sha256, (x2 - x1, y2 - y1), encoding))
     return shown
 
 
 async def _prepare(
-    run: _LabelRun, item: ItemRow, to_ask: list[_Pending], images: ImagePool
+    run: _LabelRun, item: ItemRow, to_ask: list[UnsentRequest], images: ImagePool
 ) -> list[list[Image.Image] | None]:
     """Each request's images as sent, or None where one of them cannot be read (reported).
 
@@ -312,17 +325,17 @@ async def _prepare(
     """
     rows = {r.index: r for r in run.store.images(item.item_id)}
     crops = {c.sha256: c for p in to_ask for c in p.crops}
-    wanted: list[list[_Shown]] = []
-    caches: dict[_Shown, list[EncodedImages]] = {}  # where each encoded image is kept
+    wanted: list[list[SentImage]] = []
+    caches: dict[SentImage, list[EncodedImages]] = {}  # where each encoded image is kept
     for p in to_ask:
         sends = _sends_data_urls(p.teacher)
-        wanted.append(_shown(p, rows, sends[1] if sends else None))
+        wanted.append(sent_images(p, rows, sends[1] if sends else None))
         if sends is not None:
             for shown in wanted[-1]:
                 caches.setdefault(shown, []).append(sends[0])
-    ready: dict[_Shown, Image.Image] = {}
-    jobs: dict[int | str, list[_Shown]] = {}
-    elsewhere: dict[_Shown, asyncio.Future] = {}  # being encoded for another item now
+    ready: dict[SentImage, Image.Image] = {}
+    jobs: dict[int | str, list[SentImage]] = {}
+    elsewhere: dict[SentImage, asyncio.Future] = {}  # being encoded for another item now
     loop = asyncio.get_running_loop()
     for shown in dict.fromkeys(s for request in wanted for s in request):
         key = shown.encoded_as
@@ -336,9 +349,9 @@ async def _prepare(
                 run.encoding[key] = loop.create_future()
             jobs.setdefault(shown.source, []).append(shown)
 
-    async def prepare(source: int | str, todo: list[_Shown], announced: bool = True) -> None:
+    async def prepare(source: int | str, todo: list[SentImage], announced: bool = True) -> None:
         """One photo's job; its encodings handed to the items waiting for them."""
-        done: dict[_Shown, Image.Image] = {}
+        done: dict[SentImage, Image.Image] = {}
         try:
             job = ImageJob(
                 rows[source] if isinstance(source, int) else str(run.store.run_dir / crops[source].path),
@@ -369,7 +382,7 @@ async def _prepare(
                 if key is not None:
                     run.encoding.pop(key).set_result(done.get(shown))
 
-    async def wait_for(shown: _Shown, encoding: asyncio.Future) -> None:
+    async def wait_for(shown: SentImage, encoding: asyncio.Future) -> None:
         """Another item's encoding of the same photo at the same size, or this item's own."""
         image = await encoding
         if image is None:
@@ -385,10 +398,10 @@ async def _prepare(
             for request in wanted]  # fmt: skip
 
 
-_Claims = list[tuple[_Pending, asyncio.Future]]
+_Claims = list[tuple[UnsentRequest, asyncio.Future]]
 
 
-def _claim(run: _LabelRun, to_ask: list[_Pending]) -> tuple[_Claims, _Claims]:
+def _claim(run: _LabelRun, to_ask: list[UnsentRequest]) -> tuple[_Claims, _Claims]:
     """(the requests this item asks, those another item is asking already), each with the
     future of its answer. A question is claimed before its photos are decoded, so the same
     question for a later item (the same photo in two listings) waits for the first one's
@@ -407,7 +420,7 @@ def _claim(run: _LabelRun, to_ask: list[_Pending]) -> tuple[_Claims, _Claims]:
 
 
 def _release(
-    run: _LabelRun, pending: _Pending, claim: asyncio.Future, answer: dict[str, Any] | None
+    run: _LabelRun, pending: UnsentRequest, claim: asyncio.Future, answer: dict[str, Any] | None
 ) -> None:
     """Hand a claimed question's answer (None: none came) to the items waiting for it."""
     key = pending.request.cache_key
@@ -420,7 +433,7 @@ def _release(
 async def _ask(
     run: _LabelRun,
     item: ItemRow,
-    pending: _Pending,
+    pending: UnsentRequest,
     claim: asyncio.Future,
     images: list[Image.Image],
 ) -> None:
@@ -435,7 +448,7 @@ async def _ask(
 
 
 async def _follow(
-    run: _LabelRun, item: ItemRow, pending: _Pending, answered: asyncio.Future
+    run: _LabelRun, item: ItemRow, pending: UnsentRequest, answered: asyncio.Future
 ) -> None:
     """Store the answer another item is getting for the same question (nothing if it failed)."""
     answer = await answered
@@ -445,7 +458,7 @@ async def _follow(
 
 
 async def _send(
-    run: _LabelRun, item: ItemRow, pending: _Pending, images: list[Image.Image]
+    run: _LabelRun, item: ItemRow, pending: UnsentRequest, images: list[Image.Image]
 ) -> dict[str, Any] | None:
     """The teacher's answer to one request (its images as sent), or None when it failed
     (recorded) or was stopped."""
@@ -458,10 +471,7 @@ async def _send(
     try:
         answer = await teacher.answer(request, item)
     except TeacherStopped as exc:
-        if teacher.name not in run.summary.stopped:
-            run.summary.stopped[teacher.name] = str(exc)
-            run.store.log_event("label", str(exc), "error", None, teacher.name)
-            logger.error("%s", exc)
+        _stop(run, teacher.name, str(exc))
         return None
     except TeacherError as exc:
         run.store.record_failure(
@@ -469,17 +479,31 @@ async def _send(
         )
         run.error(item.item_id, teacher.name, request.image, str(exc))
         return None
+    _count_answer(run, teacher, answer.usage)
+    return {"text": answer.text, "usage": answer.usage}
+
+
+def _stop(run: _LabelRun, teacher: str, message: str) -> None:
+    """Record that a teacher was stopped (its remaining requests are not sent); once per teacher."""
+    if teacher not in run.summary.stopped:
+        run.summary.stopped[teacher] = message
+        run.store.log_event("label", message, "error", None, teacher)
+        logger.error("%s", message)
+
+
+def _count_answer(run: _LabelRun, teacher: Teacher, usage: dict[str, Any]) -> None:
+    """Count one answer the teacher gave (asked, not cached) and what it cost."""
     run.summary.asked += 1
-    usage = answer.usage
     run.summary.spend[teacher.name].add(
         run.prices[teacher.name],
         int(usage.get("prompt_tokens", 0)),
         int(usage.get("completion_tokens", 0)),
     )
-    return {"text": answer.text, "usage": usage}
 
 
-def _store_answer(run: _LabelRun, item: ItemRow, pending: _Pending, text: str, usage: dict) -> None:
+def _store_answer(
+    run: _LabelRun, item: ItemRow, pending: UnsentRequest, text: str, usage: dict
+) -> None:
     """Parse an answer and store it with its labels or boxes; an unusable one as a failure."""
     teacher, request = pending.teacher, pending.request
     index = request.image  # None: the whole-item attributes question

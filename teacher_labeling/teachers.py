@@ -20,6 +20,7 @@ from teacher_labeling.client import (
     check_ready,
     user_message,
 )
+from teacher_labeling.cluster.config import RayConfig
 from teacher_labeling.conventions import (
     QWEN_MAX_PIXELS,
     QWEN_MIN_PIXELS,
@@ -63,6 +64,16 @@ class TeacherConfig(AnsweringSettings):
     coords: Coords = Field("pixels", description="Box convention of the teacher's answers")
     min_pixels: int = Field(QWEN_MIN_PIXELS, description="qwen2.5-vl: server processor min_pixels")
     max_pixels: int = Field(QWEN_MAX_PIXELS, description="qwen2.5-vl: server processor max_pixels")
+    model_source: str | None = Field(
+        None,
+        description="Ray with the vllm engine (ray.engines): the hub id or folder of the weights "
+        "the engine replicas load (default: model); answers are keyed as the served model's",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray with the vllm engine: vLLM engine arguments of the replicas, e.g. "
+        "{max_model_len: 8192, tensor_parallel_size: 2, limit_mm_per_prompt: {image: 8}}",
+    )
 
 
 class FusionConfig(BaseModel):
@@ -115,6 +126,10 @@ class LabelConfig(BaseModel):
     fusion: FusionConfig = Field(
         default_factory=lambda: FusionConfig(),
         description="How boxes of several teachers are fused",
+    )
+    ray: RayConfig = Field(
+        default_factory=lambda: RayConfig(),
+        description="How `label --engine ray` runs the teachers on a Ray cluster (docs/scale.md)",
     )
 
     @model_validator(mode="after")

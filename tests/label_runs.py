@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
+
+from toolkit.images import encode_jpeg, load_image
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
 
@@ -37,3 +43,10 @@ def stored_requests(run: Path, columns: str, where: str = "1") -> list[tuple[Any
         return []
     finally:
         conn.close()
+
+
+def sent_hash(uri: str) -> str:
+    """The hash the fake server logs for a photo croptune sends: its RGB pixels as received
+    (JPEG q90)."""
+    received = Image.open(io.BytesIO(encode_jpeg(load_image(uri).image, 90))).convert("RGB")
+    return hashlib.sha256(received.tobytes()).hexdigest()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import signal
@@ -17,8 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.label_runs import CROPTUNE, label_command, stored_requests
-from toolkit.images import encode_jpeg, load_image
+from tests.label_runs import CROPTUNE, label_command, sent_hash, stored_requests
 from toolkit.store import RunStore
 
 ROOT = Path(__file__).parent.parent
@@ -83,12 +80,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "CROPTUNE_TEST_KEY": SECRET}
 
 
-def _sent_hash(uri: str) -> str:
-    """The hash the server logs for an image: its RGB pixels as received (JPEG q90)."""
-    received = Image.open(io.BytesIO(encode_jpeg(load_image(uri).image, 90))).convert("RGB")
-    return hashlib.sha256(received.tobytes()).hexdigest()
-
-
 def _answered(run: Path) -> set[str]:
     """Items whose boxes answer is stored, read without disturbing the writer."""
     return {r[0] for r in stored_requests(run, "item_id", "status='ok'")}
@@ -123,7 +114,7 @@ def test_killed_label_run_resumes_and_never_asks_finished_work_again(tmp_path, s
         for image_hash in entry.get("images", []):
             asked[image_hash] = asked.get(image_hash, 0) + 1
     for item_id, uri in uris.items():
-        times = asked.get(_sent_hash(uri), 0)
+        times = asked.get(sent_hash(uri), 0)
         if item_id in finished_before_kill:
             assert times == 1, f"{item_id} was finished before the kill but asked {times} times"
         else:

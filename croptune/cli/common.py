@@ -3,6 +3,7 @@ the stage-override argument and the options several commands declare alike."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,3 +157,30 @@ def print_by_cause(
         unique = sorted(set(ids))
         shown = ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
         typer.echo(f"  {len(ids)} x {cause} ({len(unique)} item(s): {shown})", err=True)
+
+
+class Engine(str, Enum):
+    """How label and relabel send their requests."""
+
+    async_ = "async"
+    ray = "ray"
+
+
+def engine_option() -> Any:
+    """--engine: how the requests are sent (this process, or a Ray cluster)."""
+    return typer.Option(
+        Engine.async_,
+        "--engine",
+        help="async: this process's request engine; ray: a Ray cluster (the config's ray: "
+        "section; docs/scale.md).",
+    )
+
+
+def ray_address_option() -> Any:
+    """--ray-address: the Ray cluster to use (overrides ray.address)."""
+    return typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster address (auto, ray://head:10001); default: the config's ray.address, "
+        "else a local Ray on this machine. Needs --engine ray.",
+    )

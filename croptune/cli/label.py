@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from croptune.cli.common import (
+    Engine,
     State,
     dry_run_option,
+    engine_option,
     limit_option,
     overrides_argument,
     print_by_cause,
+    ray_address_option,
     table,
 )
 from toolkit.errors import CroptuneError
@@ -21,7 +24,9 @@ from toolkit.errors import CroptuneError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from croptune.pipeline import LabelEngine
     from teacher_labeling.labeling import LabelSummary, PendingRequests
+    from teacher_labeling.teachers import LabelConfig
     from toolkit.catalog import IngestSummary, Problem
     from toolkit.export import DetectionExport
 
@@ -35,6 +40,8 @@ def label(
     batch: bool = typer.Option(
         False, "--batch", help="Attributes through OpenAI's Batch API (half price, up to 24 h)."
     ),
+    engine: Engine = engine_option(),
+    ray_address: str | None = ray_address_option(),
     allow_outside_paths: bool = typer.Option(
         False,
         "--allow-outside-paths",
@@ -47,16 +54,20 @@ def label(
     from croptune.pipeline import estimate_label, run_label
     from teacher_labeling.teachers import load_label_config
 
-    label_config = load_label_config(config, overrides or [])
+    label_config = _with_ray_address(load_label_config(config, overrides or []), ray_address)
     if allow_outside_paths:
         label_config = label_config.model_copy(update={"allow_outside_paths": True})
+    if batch and engine is Engine.ray:
+        raise CroptuneError("--batch and --engine ray are two ways to send the requests: pick one")
     if dry_run:
         ingest, pending = estimate_label(catalog, label_config, run, limit, State.progress)
         table(
             f"croptune label --dry-run ({run})", _ingest_rows(ingest, run) + _pending_rows(pending)
         )
         return
-    ingest, result = run_label(catalog, label_config, run, limit, State.progress, batch)
+    ingest, result = run_label(
+        catalog, label_config, run, limit, State.progress, batch, _engine(engine)
+    )
     table(f"croptune label ({run})", _ingest_rows(ingest, run) + _label_rows(result))
     _report_label_run(result, run, "label")
 
@@ -65,20 +76,34 @@ def relabel(
     run: Path = typer.Option(..., "--run", help="A labeled and cropped run folder."),
     config: Path = typer.Option(..., "--config", help="Label config YAML."),
     dry_run: bool = dry_run_option(),
+    engine: Engine = engine_option(),
+    ray_address: str | None = ray_address_option(),
     overrides: list[str] = overrides_argument("label"),
 ) -> None:
     """Better labels: ask the attributes teachers again with originals + crops."""
     from croptune.pipeline import estimate_relabel, run_relabel
     from teacher_labeling.teachers import load_label_config
 
-    label_config = load_label_config(config, overrides or [])
+    label_config = _with_ray_address(load_label_config(config, overrides or []), ray_address)
     if dry_run:
         pending = estimate_relabel(run, label_config)
         table(f"croptune relabel --dry-run ({run})", _pending_rows(pending))
         return
-    result = run_relabel(run, label_config, State.progress)
+    result = run_relabel(run, label_config, State.progress, _engine(engine))
     table(f"croptune relabel ({run})", _label_rows(result))
     _report_label_run(result, run, "relabel")
+
+
+def _engine(engine: Engine) -> LabelEngine:
+    return "ray" if engine is Engine.ray else "async"
+
+
+def _with_ray_address(config: LabelConfig, address: str | None) -> LabelConfig:
+    """The config with --ray-address as its ray.address."""
+    if address is None:
+        return config
+    ray = config.ray.model_copy(update={"address": address})
+    return config.model_copy(update={"ray": ray})
 
 
 def _ingest_rows(ingest: IngestSummary, run: Path) -> list[tuple[str, str]]:
