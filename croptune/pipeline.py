@@ -3,6 +3,7 @@ evaluate) a function over a run folder."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from contextlib import contextmanager
@@ -22,8 +23,8 @@ from toolkit.files import json_lines
 from toolkit.schema import AttributeSchema, load_schema
 from toolkit.store import RunStore
 
-# How label and relabel send requests: this process's async engine, or a Ray cluster.
-LabelEngine = Literal["async", "ray"]
+# How label, relabel and predict run: in this process (async), or on a Ray cluster.
+EngineName = Literal["async", "ray"]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -53,11 +54,16 @@ def run_schema(store: RunStore) -> AttributeSchema:
 
 @contextmanager
 def _ingested(
-    catalog_path: Path, config: LabelConfig, run_dir: Path, limit: int | None, progress: bool
+    catalog_path: Path,
+    config: LabelConfig,
+    run_dir: Path,
+    limit: int | None,
+    progress: bool,
+    engine: EngineName = "async",
 ) -> Iterator[tuple[RunStore, list[Teacher], IngestSummary]]:
     """The run's store with the catalog ingested, and the teachers, checked, that label it."""
     # --dry-run checks too: an estimate for a teacher that cannot answer is no estimate.
-    teachers = _teachers(config)
+    teachers = _teachers(config, engine)
     catalog = load_catalog(
         catalog_path,
         allow_outside=config.allow_outside_paths,
@@ -82,7 +88,7 @@ def run_label(
     limit: int | None = None,
     progress: bool = False,
     batch: bool = False,
-    engine: LabelEngine = "async",
+    engine: EngineName = "async",
 ) -> tuple[IngestSummary, LabelSummary]:
     """Ingest a catalog into the run and label it with the configured teachers.
 
@@ -90,7 +96,11 @@ def run_label(
     """
     from teacher_labeling.labeling import label_items
 
-    with _ingested(catalog_path, config, run_dir, limit, progress) as (store, teachers, ingest):
+    with _ingested(catalog_path, config, run_dir, limit, progress, engine) as (
+        store,
+        teachers,
+        ingest,
+    ):
         if engine == "ray":
             from teacher_labeling.cluster.run import label_on_ray
 
@@ -115,18 +125,25 @@ def estimate_label(
     run_dir: Path,
     limit: int | None = None,
     progress: bool = False,
+    engine: EngineName = "async",
 ) -> tuple[IngestSummary, PendingRequests]:
     """`label --dry-run`: ingest the catalog, then price the requests labeling would send."""
     from teacher_labeling.labeling import pending_requests
 
-    with _ingested(catalog_path, config, run_dir, limit, progress) as (store, teachers, ingest):
+    with _ingested(catalog_path, config, run_dir, limit, progress, engine) as (
+        store,
+        teachers,
+        ingest,
+    ):
         return ingest, pending_requests(store, teachers, limit, config.prices)
 
 
 @contextmanager
-def _relabeling(run_dir: Path, config: LabelConfig) -> Iterator[tuple[RunStore, list[Teacher]]]:
+def _relabeling(
+    run_dir: Path, config: LabelConfig, engine: EngineName = "async"
+) -> Iterator[tuple[RunStore, list[Teacher]]]:
     """The cropped run's store and its attributes teachers, checked, for relabel."""
-    teachers = [t for t in _teachers(config) if t.does_attributes]
+    teachers = [t for t in _teachers(config, engine) if t.does_attributes]
     if not teachers:
         raise CroptuneError("relabel needs an attributes teacher (role: attributes) in the config")
     with RunStore(run_dir, create=False) as store:
@@ -138,12 +155,12 @@ def _relabeling(run_dir: Path, config: LabelConfig) -> Iterator[tuple[RunStore, 
 
 
 def run_relabel(
-    run_dir: Path, config: LabelConfig, progress: bool = False, engine: LabelEngine = "async"
+    run_dir: Path, config: LabelConfig, progress: bool = False, engine: EngineName = "async"
 ) -> LabelSummary:
     """ "Better labels": the attributes teachers again, on originals + the run's crops."""
     from teacher_labeling.labeling import label_items
 
-    with _relabeling(run_dir, config) as (store, teachers):
+    with _relabeling(run_dir, config, engine) as (store, teachers):
         if engine == "ray":
             from teacher_labeling.cluster.run import label_on_ray
 
@@ -153,21 +170,25 @@ def run_relabel(
         return label_items(store, teachers, None, progress, config.prices, relabel=True)
 
 
-def estimate_relabel(run_dir: Path, config: LabelConfig) -> PendingRequests:
+def estimate_relabel(
+    run_dir: Path, config: LabelConfig, engine: EngineName = "async"
+) -> PendingRequests:
     """`relabel --dry-run`: the requests relabel would send, priced."""
     from teacher_labeling.labeling import pending_requests
 
-    with _relabeling(run_dir, config) as (store, teachers):
+    with _relabeling(run_dir, config, engine) as (store, teachers):
         return pending_requests(store, teachers, None, config.prices, relabel=True)
 
 
-def _teachers(config: LabelConfig) -> list[Teacher]:
+def _teachers(config: LabelConfig, engine: EngineName = "async") -> list[Teacher]:
     """The configured teachers, checked (key, server, model) before any work starts."""
     from teacher_labeling.teachers import build_teacher
 
     schema = load_schema(config.schema_)
     teachers = [build_teacher(t, schema) for t in config.teachers]
     for teacher in teachers:
+        if engine == "ray" and config.ray.engine_of(teacher.name) == "vllm":
+            continue  # no endpoint to check: Ray Data runs the teacher's own vLLM engines
         teacher.check_ready()  # Teacher's hook: a no-op for the reference teacher
     return teachers
 
@@ -225,11 +246,16 @@ def run_predict(
     allow_outside: bool = False,
     columns: dict[str, str] | None = None,
     progress: bool = False,
+    engine: EngineName = "async",
+    replicas: int = 1,
+    gpus_per_replica: float = 1.0,
+    ray_address: str | None = None,
 ) -> PredictSummary:
     """Predict a catalog with a bundle: its box source (or box_source), its crops, its student.
 
     The student runs in-process (the bundle's merged/ model, or base + adapter/), or behind
-    an OpenAI-compatible `endpoint` (a base URL with `model`, or an endpoint YAML).
+    an OpenAI-compatible `endpoint` (a base URL with `model`, or an endpoint YAML). engine
+    ray: `replicas` copies of the in-process student on a Ray cluster answer each batch.
     """
     from finetune.predict import (
         DetectorBoxes,
@@ -270,6 +296,13 @@ def run_predict(
             )
         boxes = TeacherBoxes(box_teacher_config(teacher), bundle.schema)
     workdir = workdir or default_workdir(out)
+    if engine == "ray" and endpoint is not None:
+        raise CroptuneError(
+            "--engine ray runs replicas of the student on a Ray cluster; an --endpoint has "
+            "replicas of its own (list them under base_url in an endpoint YAML)"
+        )
+    if engine != "ray" and (replicas != 1 or ray_address is not None):
+        raise CroptuneError("--replicas and --ray-address go with --engine ray")
     if endpoint is not None:
         from teacher_labeling.endpoint import (
             EndpointBackend,
@@ -296,13 +329,21 @@ def run_predict(
     else:
         if model is not None or api_key_env is not None:
             raise CroptuneError("--model and --api-key-env go with --endpoint URL")
-        backend = open_model(
+        student = functools.partial(
+            open_model,
             str(bundle.path),
             batch_size=batch_size,
             max_new_tokens=max_new_tokens or bundle.max_new_tokens,
             name=bundle.lora_name,
             base_model=base_model,
         )
+        if engine == "ray":
+            from finetune.predict.ray_replicas import RayReplicas
+
+            backend = RayReplicas(student, replicas, gpus_per_replica, ray_address)
+            batch_size *= replicas  # each replica answers batch_size of each call
+        else:
+            backend = student()
     try:
         return predict_catalog(
             bundle,

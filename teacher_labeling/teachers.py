@@ -133,11 +133,23 @@ class LabelConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _unique_names(self) -> LabelConfig:
+    def _check_teachers(self) -> LabelConfig:
         names = [t.name for t in self.teachers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"teacher names must be unique; repeated: {', '.join(duplicates)}")
+        kinds = {t.name: t.kind for t in self.teachers}
+        for name in self.ray.engines:
+            if name not in kinds:
+                raise ValueError(
+                    f"ray.engines names teacher {name!r}, which is not configured (teachers: "
+                    f"{', '.join(kinds)})"
+                )
+            if self.ray.engine_of(name) == "vllm" and kinds[name] != "openai":
+                raise ValueError(
+                    f"ray.engines: teacher {name!r} is kind {kinds[name]}; only an openai "
+                    "teacher (a served model) can run as vLLM engines"
+                )
         if not self.teachers:
             raise ValueError("at least one teacher is needed")
         return self

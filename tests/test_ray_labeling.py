@@ -331,6 +331,19 @@ def test_vllm_engine_processor_config_carries_the_teachers_engine():
         vllm_processor_config(teacher, config.model_copy(update={"gpus_per_replica": 4}))
 
 
+def test_shipped_ray_config_builds_its_vllm_engine_processor():
+    from teacher_labeling.cluster.pipeline import vllm_processor_config
+    from teacher_labeling.teachers import build_teacher, load_label_config
+    from toolkit.schema import load_schema
+
+    config = load_label_config(ROOT / "toolkit" / "configs" / "label-ray.yaml")
+    (qwen,) = [t for t in config.teachers if config.ray.engine_of(t.name) == "vllm"]
+    processor = vllm_processor_config(build_teacher(qwen, load_schema()), config.ray)
+    assert processor.model_source == "Qwen/Qwen2.5-VL-32B-Instruct"
+    assert processor.engine_kwargs["tensor_parallel_size"] == 2
+    assert (processor.concurrency, processor.accelerator_type) == (8, "H100")
+
+
 def test_config_show_label_lists_the_ray_section():
     result = subprocess.run(
         [CROPTUNE, "config", "show", "label"], capture_output=True, text=True, timeout=120
@@ -340,3 +353,24 @@ def test_config_show_label_lists_the_ray_section():
     assert "ray:" in shown
     for field in ("address", "replicas", "batch_size", "gpus_per_replica", "accelerator_type"):
         assert field in shown, field
+
+
+@pytest.mark.parametrize(
+    ("engines", "message"),
+    [
+        # a typo in a teacher's name
+        ({"qwne": "vllm"}, "ray.engines names teacher 'qwne', which is not configured"),
+        # the catalog's own labels have no weights to run
+        ({"ref": "vllm"}, "teacher 'ref' is kind reference; only an openai teacher"),
+    ],
+)
+def test_ray_engines_must_name_a_teacher_that_can_run_there(tmp_path, engines, message):
+    from teacher_labeling.teachers import load_label_config
+    from toolkit.errors import CroptuneError
+
+    teachers = [
+        _teacher("http://127.0.0.1:9/v1"),
+        {"name": "ref", "role": "attributes", "kind": "reference"},
+    ]
+    with pytest.raises(CroptuneError, match=message):
+        load_label_config(_config(tmp_path / "label.yaml", teachers, engines=engines))

@@ -240,3 +240,30 @@ def test_label_with_both_teachers_through_vllm(qwen_server, tmp_path):
     assert table and all(
         response is not None or status != "ok" for status, response, _ in table.values()
     )
+
+
+@pytest.mark.ray
+def test_label_on_ray_through_vllm_stores_what_a_single_process_run_stores(qwen_server, tmp_path):
+    from croptune.synthetic.catalog import make_example_catalog
+
+    catalog = make_example_catalog(tmp_path / "catalog", n_items=3, seed=4)
+    config = tmp_path / "label.yaml"
+    teachers = [
+        teacher(qwen_server),
+        teacher(qwen_server, name="qwen-attributes", role="attributes", max_tokens=64),
+    ]
+    ray = {"num_cpus": 2, "batch_size": 2, "rows_per_shard": 2, "poll_s": 0.5}
+    config.write_text(yaml.safe_dump({"teachers": teachers, "ray": ray}))
+    single = label(catalog, config, tmp_path / "single")
+    since = len(qwen_server.log.read_text(errors="replace"))
+    command = [*label_command(catalog, config, tmp_path / "ray"), "--engine", "ray"]
+    on_ray = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert single.returncode in (0, 1) and on_ray.returncode == single.returncode, on_ray.stderr
+    assert "Traceback" not in on_ray.stderr
+    # Greedy decoding, one request at a time: the same answer for the same request, so the
+    # Ray run stores the single-process run's rows (noise, but the same noise).
+    rows = "cache_key, teacher, model, item_id, image, status, response, error"
+    stored = sorted(stored_requests(tmp_path / "ray", rows))
+    assert stored == sorted(stored_requests(tmp_path / "single", rows))
+    assert len(stored) > 3 and all(row[6] is not None for row in stored)  # every one answered
+    assert chat_requests_in_log(qwen_server, since) == len(stored)  # each asked once

@@ -160,19 +160,19 @@ def print_by_cause(
 
 
 class Engine(str, Enum):
-    """How label and relabel send their requests."""
+    """Where label, relabel and predict run: this process, or a Ray cluster."""
 
     async_ = "async"
     ray = "ray"
 
 
 def engine_option() -> Any:
-    """--engine: how the requests are sent (this process, or a Ray cluster)."""
+    """--engine: where the work runs (this process, or a Ray cluster)."""
     return typer.Option(
         Engine.async_,
         "--engine",
-        help="async: this process's request engine; ray: a Ray cluster (the config's ray: "
-        "section; docs/scale.md).",
+        help="async: this process; ray: a Ray cluster (label/relabel: the config's ray: "
+        "section; predict: --replicas of the student; docs/scale.md).",
     )
 
 
@@ -181,6 +181,6 @@ def ray_address_option() -> Any:
     return typer.Option(
         None,
         "--ray-address",
-        help="Ray cluster address (auto, ray://head:10001); default: the config's ray.address, "
-        "else a local Ray on this machine. Needs --engine ray.",
+        help="Ray cluster address (auto, ray://head:10001); default: the config's ray.address "
+        "(label), else a local Ray on this machine. Needs --engine ray.",
     )

@@ -24,7 +24,7 @@ from toolkit.errors import CroptuneError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from croptune.pipeline import LabelEngine
+    from croptune.pipeline import EngineName
     from teacher_labeling.labeling import LabelSummary, PendingRequests
     from teacher_labeling.teachers import LabelConfig
     from toolkit.catalog import IngestSummary, Problem
@@ -54,13 +54,17 @@ def label(
     from croptune.pipeline import estimate_label, run_label
     from teacher_labeling.teachers import load_label_config
 
-    label_config = _with_ray_address(load_label_config(config, overrides or []), ray_address)
+    label_config = _with_ray_address(
+        load_label_config(config, overrides or []), ray_address, engine
+    )
     if allow_outside_paths:
         label_config = label_config.model_copy(update={"allow_outside_paths": True})
     if batch and engine is Engine.ray:
         raise CroptuneError("--batch and --engine ray are two ways to send the requests: pick one")
     if dry_run:
-        ingest, pending = estimate_label(catalog, label_config, run, limit, State.progress)
+        ingest, pending = estimate_label(
+            catalog, label_config, run, limit, State.progress, _engine(engine)
+        )
         table(
             f"croptune label --dry-run ({run})", _ingest_rows(ingest, run) + _pending_rows(pending)
         )
@@ -84,9 +88,11 @@ def relabel(
     from croptune.pipeline import estimate_relabel, run_relabel
     from teacher_labeling.teachers import load_label_config
 
-    label_config = _with_ray_address(load_label_config(config, overrides or []), ray_address)
+    label_config = _with_ray_address(
+        load_label_config(config, overrides or []), ray_address, engine
+    )
     if dry_run:
-        pending = estimate_relabel(run, label_config)
+        pending = estimate_relabel(run, label_config, _engine(engine))
         table(f"croptune relabel --dry-run ({run})", _pending_rows(pending))
         return
     result = run_relabel(run, label_config, State.progress, _engine(engine))
@@ -94,14 +100,16 @@ def relabel(
     _report_label_run(result, run, "relabel")
 
 
-def _engine(engine: Engine) -> LabelEngine:
+def _engine(engine: Engine) -> EngineName:
     return "ray" if engine is Engine.ray else "async"
 
 
-def _with_ray_address(config: LabelConfig, address: str | None) -> LabelConfig:
+def _with_ray_address(config: LabelConfig, address: str | None, engine: Engine) -> LabelConfig:
     """The config with --ray-address as its ray.address."""
     if address is None:
         return config
+    if engine is not Engine.ray:
+        raise CroptuneError("--ray-address goes with --engine ray")
     ray = config.ray.model_copy(update={"address": address})
     return config.model_copy(update={"ray": ray})
 

@@ -7,13 +7,16 @@ from pathlib import Path
 import typer
 
 from croptune.cli.common import (
+    Engine,
     State,
     allow_outside_option,
     batch_size_option,
     column_option,
+    engine_option,
     limit_option,
     max_new_tokens_option,
     print_by_cause,
+    ray_address_option,
     table,
 )
 
@@ -65,6 +68,17 @@ def predict(
     limit: int | None = limit_option("items"),
     allow_outside_paths: bool = allow_outside_option(),
     column: list[str] = column_option(", as on `croptune catalog validate`"),
+    engine: Engine = engine_option(),
+    ray_address: str | None = ray_address_option(),
+    replicas: int = typer.Option(
+        1, "--replicas", min=1, help="With --engine ray: copies of the student, one per actor."
+    ),
+    gpus_per_replica: float = typer.Option(
+        1.0,
+        "--gpus-per-replica",
+        min=0,
+        help="With --engine ray: GPUs each replica holds (0: on CPUs).",
+    ),
 ) -> None:
     """Boxes -> the training-time crops -> student -> one JSON per item (resumable)."""
     from croptune.pipeline import run_predict
@@ -87,6 +101,10 @@ def predict(
         allow_outside=allow_outside_paths,
         columns=parse_column_mapping(column or []),
         progress=State.progress,
+        engine="ray" if engine is Engine.ray else "async",
+        replicas=replicas,
+        gpus_per_replica=gpus_per_replica,
+        ray_address=ray_address,
     )
     stats = summary.stats
     per_stage = stats["seconds_per_item"]
