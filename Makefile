@@ -12,12 +12,19 @@ PYTEST_ARGS ?=
 # A real vLLM (its CPU build) for the `vllm` tests, in a venv of its own: it pins another
 # torch and transformers. Set CROPTUNE_VLLM=/path/to/vllm to use a vLLM you already have.
 VLLM_VENV ?= .venv-vllm
+# The Python of the Ray workers in the vllm engine test: Ray layered over .venv-vllm.
+VLLM_RAY_VENV ?= .venv-vllm-ray
 
-.PHONY: demo test lint format clean venv vllm-env
+.PHONY: demo test lint format clean venv vllm-env vllm-ray-env
 
 venv: $(VENV)/.installed
 
 vllm-env: $(if $(CROPTUNE_VLLM),,$(VLLM_VENV)/.installed)
+
+vllm-ray-env: $(if $(CROPTUNE_VLLM),,$(VLLM_RAY_VENV)/.installed)
+
+$(VLLM_RAY_VENV)/.installed: scripts/make_vllm_ray_venv.sh $(VLLM_VENV)/.installed
+	PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV) bash scripts/make_vllm_ray_venv.sh $(VLLM_RAY_VENV)
 
 # Rebuilt when the script changes; otherwise this step is a file check.
 $(VLLM_VENV)/.installed: scripts/make_vllm_venv.sh
@@ -43,7 +50,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy  # the four packages, as [tool.mypy] in pyproject.toml says
 
-test: lint vllm-env
+test: lint vllm-env vllm-ray-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 format: $(VENV)/.installed

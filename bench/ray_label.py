@@ -2,15 +2,16 @@
 
 The same loopback teacher (its own process, a fixed latency per request) answers both; every
 request carries a real-size photo (a distinct 1600x1200 JPEG), resized for a Qwen2.5-VL boxes
-teacher as in production. Measured in one run, alternating:
+teacher as in production. Measured in one run, alternating, at two sizes (their difference
+gives each engine's rate without its fixed cost: Ray's job start, actors, the last shard):
 
 - single: `label_items`, this process's async engine (max_concurrency C);
 - ray: `label_on_ray` on a local Ray with --ray-cpus CPUs: request files, image preparation
   as Ray tasks, HTTP actors (replicas x C/replicas in flight), answer shards imported by the
   driver. Timed with the Ray already running (as on a cluster) and, once, with `ray.init`.
 
-    python bench/ray_label.py                            # 600 requests, C 8, 2 Ray CPUs
-    python bench/ray_label.py --requests 2000 --replicas 2
+    python bench/ray_label.py                            # 200 and 800 requests, C 8, 2 CPUs
+    python bench/ray_label.py --requests 500 2000 --replicas 2
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,13 +51,13 @@ def teacher(base_url: str, concurrency: int) -> OpenAITeacher:
     return OpenAITeacher(config, load_schema())
 
 
-def timed_run(template: Path, workdir: Path, n: int, label: object) -> float:
+def timed_run(template: Path, workdir: Path, n: int, label: Callable[[RunStore], object]) -> float:
     """Seconds one engine takes to label the template's first n items (a fresh copy)."""
     run = workdir / f"run-{time.monotonic_ns()}"
     shutil.copytree(template, run)
     with RunStore(run) as store:
         started = time.perf_counter()
-        summary = label(store)  # type: ignore[operator]
+        summary: Any = label(store)
         elapsed = time.perf_counter() - started
     assert summary.asked == n and summary.failed == 0, summary
     shutil.rmtree(run)
@@ -63,11 +66,18 @@ def timed_run(template: Path, workdir: Path, n: int, label: object) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        nargs=2,
+        default=[200, 800],
+        help="two run sizes: their difference gives each engine's rate without its fixed cost",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight, in all")
     parser.add_argument("--replicas", type=int, default=1, help="Ray HTTP actors")
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--prepare-cpus", type=float, default=RayConfig().prepare_cpus)
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each engine (best kept)")
     args = parser.parse_args()
@@ -75,64 +85,74 @@ def main() -> None:
     import ray
 
     # Data
+    small, large = sorted(args.requests)
     workdir = Path(tempfile.mkdtemp(prefix="croptune-bench-ray-"))
-    paths = make_photos(workdir / "photos", args.requests)
+    paths = make_photos(workdir / "photos", large)
     template = ingested(paths, workdir)
     server, base_url = start_server(args.latency_ms)
-    n, per_replica = args.requests, max(1, args.concurrency // args.replicas)
+    per_replica = max(1, args.concurrency // args.replicas)
     config = RayConfig(
         num_cpus=args.ray_cpus,
         replicas=args.replicas,
         batch_size=args.batch_size,
+        prepare_cpus=args.prepare_cpus,
         rows_per_shard=64,
         poll_s=0.5,
     )
 
-    def single(store: RunStore) -> object:
-        return label_items(store, [teacher(base_url, args.concurrency)], limit=n)
+    def single(n: int) -> Callable[[RunStore], object]:
+        return lambda store: label_items(store, [teacher(base_url, args.concurrency)], limit=n)
 
-    def on_ray(store: RunStore) -> object:
-        return label_on_ray(store, [teacher(base_url, per_replica)], config, limit=n)
+    def on_ray(n: int) -> Callable[[RunStore], object]:
+        return lambda store: label_on_ray(store, [teacher(base_url, per_replica)], config, limit=n)
 
+    engines = {"single": single, "ray": on_ray}
     try:
-        cold = timed_run(template, workdir, n, on_ray)  # starts (and stops) its own Ray
+        cold = timed_run(template, workdir, small, on_ray(small))  # starts and stops its Ray
         ray.init(
             num_cpus=args.ray_cpus,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
-        times: dict[str, list[float]] = {"single": [], "ray": []}
+        times: dict[tuple[str, int], list[float]] = {}
         for repeat in range(args.repeats):
-            order = ["single", "ray"] if repeat % 2 == 0 else ["ray", "single"]
-            for name in order:
-                times[name].append(
-                    timed_run(template, workdir, n, single if name == "single" else on_ray)
-                )
+            # single, ray, then ray, single: drift in the machine's load falls on both alike
+            for name in list(engines)[:: 1 if repeat % 2 == 0 else -1]:
+                for n in (small, large):
+                    seconds = timed_run(template, workdir, n, engines[name](n))
+                    times.setdefault((name, n), []).append(seconds)
         ray.shutdown()
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    best = {name: min(t) for name, t in times.items()}
+    best = {key: min(t) for key, t in times.items()}
     bound = args.concurrency / (args.latency_ms / 1000)
     print(
-        f"{n} requests (1600x1200 JPEGs, Qwen max_pixels {MAX_PIXELS:,}), latency "
-        f"{args.latency_ms} ms, {args.concurrency} in flight (ray: {args.replicas} actor(s) x "
-        f"{per_replica}), {args.ray_cpus} Ray CPUs, batch {args.batch_size}, {os.cpu_count()} "
-        f"cores, best of {args.repeats}"
+        f"1600x1200 JPEGs (Qwen max_pixels {MAX_PIXELS:,}), latency {args.latency_ms} ms, "
+        f"{args.concurrency} in flight (ray: {args.replicas} actor(s) x {per_replica}), "
+        f"{args.ray_cpus} Ray CPUs, batch {args.batch_size}, {args.prepare_cpus} CPU per "
+        f"preparation task, {os.cpu_count()} cores, best of "
+        f"{args.repeats}; bound {bound:.0f} req/s"
     )
-    print("engine | seconds | req/s | of bound | vs single")
-    for name, seconds in (
-        ("single-process", best["single"]),
-        ("ray (running)", best["ray"]),
-        ("ray (with ray.init)", cold),
-    ):
+    print(
+        f"engine | s at {small} | s at {large} | req/s at {large} | vs single | "
+        f"marginal req/s ({small}->{large}) | vs single | fixed s"
+    )
+    rates = {}
+    for name in engines:
+        t_small, t_large = best[(name, small)], best[(name, large)]
+        marginal = (large - small) / (t_large - t_small)
+        rates[name] = (large / t_large, marginal)
+        fixed = t_small - small / marginal
         print(
-            f"{name} | {seconds:.1f} | {n / seconds:.1f} | {n / seconds / bound:.2f} | "
-            f"{best['single'] / seconds:.2f}x"
+            f"{name} | {t_small:.1f} | {t_large:.1f} | {large / t_large:.1f} | "
+            f"{large / t_large / (large / best[('single', large)]):.2f}x | {marginal:.1f} | "
+            f"{marginal / rates['single'][1]:.2f}x | {fixed:.1f}"
         )
+    print(f"ray with its own ray.init, {small} requests: {cold:.1f} s")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def _worker_started(parent: int) -> None:
     the parent's main thread started it), a parent killed without clean-up (SIGKILL) takes
     its workers with it, and freed memory is kept for the next photo."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _keep_freed_memory()
+    keep_freed_memory()
 
     def exit_with_parent() -> None:
         while os.getppid() == parent:
@@ -84,7 +84,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BLOCKS_BYTES, _KEEP_HEAP_BYTES = 32 * 2**20, 512 * 2**20
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Keep freed large blocks for reuse (glibc; elsewhere nothing changes).
 
     A worker allocates the same large buffers for every photo (a 1600x1200 decode is 7.7 MB,

@@ -247,7 +247,8 @@ def test_killed_ray_run_resumes_without_asking_a_finished_request_again(tmp_path
         config = _config(tmp_path / "label.yaml", [teacher], num_cpus=2, batch_size=2)
         run = tmp_path / "run"
         command = [*label_command(catalog, config, run), "--engine", "ray"]
-        environment = {**os.environ, KEY_ENV: SECRET, "RAY_TMPDIR": tempfile.mkdtemp(dir="/tmp")}
+        ray_logs = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        environment = {**os.environ, KEY_ENV: SECRET, "RAY_TMPDIR": str(ray_logs)}
 
         # The driver and the Ray it started (its own process group), killed without clean-up.
         first = subprocess.Popen(
@@ -268,6 +269,12 @@ def test_killed_ray_run_resumes_without_asking_a_finished_request_again(tmp_path
             command, env=environment, capture_output=True, text=True, timeout=300
         )
         assert second.returncode == 0, second.stderr
+        assert SECRET not in second.stdout + second.stderr
+        leaked = [
+            p for p in ray_logs.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()
+        ]
+        assert leaked == [], "the key is in Ray's logs"
+        shutil.rmtree(ray_logs, ignore_errors=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -326,7 +333,8 @@ def test_vllm_engine_processor_config_carries_the_teachers_engine():
     assert processor.runtime_env == {"py_executable": "/opt/vllm/bin/python"}
     assert processor.placement_group_config is None  # Ray Data's own: one GPU per TP rank
     on_cpu = vllm_processor_config(teacher, config.model_copy(update={"gpus_per_replica": 0}))
-    assert on_cpu.placement_group_config["bundles"] == [{"CPU": 1, "GPU": 0}]
+    assert on_cpu.placement_group_config["bundles"] == [{"CPU": 0.5, "GPU": 0}]
+    assert on_cpu.tokenize_stage["num_cpus"] == 0.1  # the LLM stages fit a small Ray too
     with pytest.raises(CroptuneError, match="gpus_per_replica is 4 but teacher 'qwen' runs on 2"):
         vllm_processor_config(teacher, config.model_copy(update={"gpus_per_replica": 4}))
 

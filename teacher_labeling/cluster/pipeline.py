@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 
 # An HTTP actor mostly waits on the network: a quarter of a CPU leaves the rest to preparation.
 HTTP_ACTOR_CPUS = 0.25
+# Reading request files, and the vLLM rows made from and back into croptune's: light.
+LIGHT_CPUS = 0.1
+# vLLM's CPU build (gpus_per_replica 0): the engine and Ray Data's LLM stages (chat
+# template, tokenize, images, detokenize; one actor each) at fractions of a CPU, so that a
+# small Ray (2 CPUs) can hold them all: at 1 CPU apiece the engine never gets scheduled and
+# the run waits forever (measured).
+CPU_ENGINE_CPUS = 0.5
+CPU_STAGE_CPUS = 0.1
 
 
 def answer_dataset(
@@ -43,7 +51,7 @@ def answer_dataset(
     # block, and a request file is one block, so without this a whole file of answers
     # would reach the shard writer at once (and be lost at once in a crash).
     prepared = (
-        ray.data.read_parquet(requests)
+        ray.data.read_parquet(requests, num_cpus=LIGHT_CPUS)
         .repartition(target_num_rows_per_block=config.batch_size)
         .map_batches(prepare_batch, batch_size=config.batch_size, num_cpus=config.prepare_cpus)
     )
@@ -63,6 +71,8 @@ def answer_dataset(
         vllm_processor_config(teacher, config),
         preprocess=functools.partial(vllm_request, teachers=payload),
         postprocess=vllm_shard_row,
+        preprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
+        postprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
     )
     return processor(prepared)
 
@@ -79,8 +89,10 @@ def vllm_processor_config(teacher: Teacher, config: RayConfig) -> vLLMEngineProc
     gpus = int(engine_kwargs.get("tensor_parallel_size", 1)) * int(
         engine_kwargs.get("pipeline_parallel_size", 1)
     )
-    if config.gpus_per_replica == 0:  # vLLM's CPU build: one CPU bundle, no GPU asked
-        options["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+    stage: dict[str, Any] = {"enabled": True}
+    if config.gpus_per_replica == 0:  # vLLM's CPU build: no GPU asked
+        options["placement_group_config"] = {"bundles": [{"CPU": CPU_ENGINE_CPUS}]}
+        stage["num_cpus"] = CPU_STAGE_CPUS
     elif config.gpus_per_replica not in (None, gpus):
         raise CroptuneError(
             f"ray.gpus_per_replica is {config.gpus_per_replica} but teacher {settings.name!r} "
@@ -94,7 +106,10 @@ def vllm_processor_config(teacher: Teacher, config: RayConfig) -> vLLMEngineProc
         engine_kwargs=engine_kwargs,
         concurrency=config.replicas,
         batch_size=config.batch_size,
-        prepare_multimodal_stage={"enabled": True},
+        prepare_multimodal_stage=stage,
+        chat_template_stage=stage,
+        tokenize_stage=stage,
+        detokenize_stage=stage,
         **options,
     )
 

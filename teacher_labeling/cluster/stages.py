@@ -29,8 +29,9 @@ SHARD_COLUMNS = ("key", "teacher", "item_id", "image", "text", "usage", "error",
 
 def prepare_batch(batch: dict[str, Any]) -> dict[str, list[Any]]:
     """Each request's images decoded, oriented, resized and encoded as its teacher sends them."""
-    from teacher_labeling.image_pool import prepare_images
+    from teacher_labeling.image_pool import keep_freed_memory, prepare_images
 
+    keep_freed_memory()  # as the image pool's workers: no page faults per photo
     out: dict[str, list[Any]] = {"key": [], "teacher": [], "item_id": [], "image": []}
     out.update(prepared=[], error=[])
     for key, teacher, item_id, image, payload in zip(
