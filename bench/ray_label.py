@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight, in all")
     parser.add_argument("--replicas", type=int, default=1, help="Ray HTTP actors")
     parser.add_argument("--ray-cpus", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=RayConfig().batch_size)
     parser.add_argument("--prepare-cpus", type=float, default=RayConfig().prepare_cpus)
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each engine (best kept)")
