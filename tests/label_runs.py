@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import sqlite3
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,33 @@ from PIL import Image
 from toolkit.images import encode_jpeg, load_image
 
 CROPTUNE = str(Path(sys.executable).parent / "croptune")
+ROOT = Path(__file__).parent.parent
+
+
+@contextlib.contextmanager
+def fake_server_process(log: Path, api_key: str, latency_ms: int = 150) -> Iterator[str]:
+    """The fake OpenAI server as its own process (red-square boxes, every request logged to
+    log); yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency-ms",
+         str(latency_ms), "--script", "red-square-pixels", "--api-key", api_key, "--log", str(log)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        port = int(process.stdout.readline().split()[1])
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def asked_per_image(log: Path) -> dict[str, int]:
+    """Image hash -> how often the fake server was asked about it (its JSON Lines log)."""
+    asked: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        for image_hash in json.loads(line).get("images", []):
+            asked[image_hash] = asked.get(image_hash, 0) + 1
+    return asked
 
 
 def label_command(catalog: Path, config: Path, run: Path) -> list[str]:

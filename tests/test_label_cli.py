@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.label_runs import CROPTUNE, label_command, sent_hash, stored_requests
+from tests.label_runs import (
+    CROPTUNE,
+    asked_per_image,
+    fake_server_process,
+    label_command,
+    sent_hash,
+    stored_requests,
+)
 from toolkit.store import RunStore
 
 ROOT = Path(__file__).parent.parent
@@ -26,15 +32,8 @@ SECRET = "sk-test-SECRET-f00dcafe1234"
 def server(tmp_path):
     """The fake OpenAI server as its own process (latency 150 ms, red-square boxes)."""
     log = tmp_path / "server.jsonl"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency-ms", "150",
-         "--script", "red-square-pixels", "--api-key", SECRET, "--log", str(log)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    port = int(process.stdout.readline().split()[1])
-    yield f"http://127.0.0.1:{port}/v1", log
-    process.terminate()
-    process.wait(timeout=10)
+    with fake_server_process(log, SECRET) as base_url:
+        yield base_url, log
 
 
 def _catalog(folder: Path, n: int) -> Path:
@@ -108,11 +107,7 @@ def test_killed_label_run_resumes_and_never_asks_finished_work_again(tmp_path, s
         uris = {item.item_id: store.images(item.item_id)[0].uri for item in store.items()}
         for item_id in uris:
             assert len(store.boxes(item_id)) == 1, item_id  # every item ends up labeled
-    asked: dict[str, int] = {}
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
-        for image_hash in entry.get("images", []):
-            asked[image_hash] = asked.get(image_hash, 0) + 1
+    asked = asked_per_image(log)
     for item_id, uri in uris.items():
         times = asked.get(sent_hash(uri), 0)
         if item_id in finished_before_kill:

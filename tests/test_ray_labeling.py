@@ -14,7 +14,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,14 @@ from tests.fake_openai import (
     Reply,
     mean_rgb,
 )
-from tests.label_runs import CROPTUNE, label_command, sent_hash, stored_requests
+from tests.label_runs import (
+    CROPTUNE,
+    asked_per_image,
+    fake_server_process,
+    label_command,
+    sent_hash,
+    stored_requests,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -223,27 +229,12 @@ def test_a_worker_without_the_key_fails_naming_the_variable(ray_cluster, tmp_pat
     assert SECRET not in str(error.value)
 
 
-def _sent(log: Path) -> dict[str, int]:
-    """Image hash -> how often the server was asked about it (its JSON Lines log)."""
-    asked: dict[str, int] = {}
-    for line in log.read_text().splitlines():
-        for image_hash in json.loads(line).get("images", []):
-            asked[image_hash] = asked.get(image_hash, 0) + 1
-    return asked
-
-
 @pytest.mark.slow
 def test_killed_ray_run_resumes_without_asking_a_finished_request_again(tmp_path):
     log = tmp_path / "server.jsonl"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency-ms", "150",
-         "--script", "red-square-pixels", "--api-key", SECRET, "--log", str(log)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        port = int(server.stdout.readline().split()[1])
+    with fake_server_process(log, SECRET) as base_url:
         catalog = _catalog(tmp_path / "catalog", 40, shared=False)
-        teacher = _teacher(f"http://127.0.0.1:{port}/v1", max_concurrency=2)
+        teacher = _teacher(base_url, max_concurrency=2)
         config = _config(tmp_path / "label.yaml", [teacher], num_cpus=2, batch_size=2)
         run = tmp_path / "run"
         command = [*label_command(catalog, config, run), "--engine", "ray"]
@@ -275,16 +266,13 @@ def test_killed_ray_run_resumes_without_asking_a_finished_request_again(tmp_path
         ]
         assert leaked == [], "the key is in Ray's logs"
         shutil.rmtree(ray_logs, ignore_errors=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
     from toolkit.store import RunStore
 
     with RunStore(run, create=False) as store:
         uris = {item.item_id: store.images(item.item_id)[0].uri for item in store.items()}
         assert all(len(store.boxes(i)) == 1 for i in uris)  # every item labeled
-    asked = _sent(log)
+    asked = asked_per_image(log)
     for item_id, uri in uris.items():
         times = asked.get(sent_hash(uri), 0)
         if item_id in finished:

@@ -25,3 +25,23 @@ def group_by_cause(messages: Sequence[tuple[str | None, str]]) -> dict[str, list
     for item_id, message in messages:
         grouped.setdefault(cause_of(None, message), []).append(item_id or "-")
     return grouped
+
+
+def innermost_message(exc: BaseException) -> str:
+    """The message of the error at the bottom of a wrapped one (a Ray worker's own error
+    inside the task error Ray raised): its last line, or a croptune error's message."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)  # Ray's RayTaskError: the worker's exception
+        if isinstance(inner, BaseException):
+            exc = inner
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
+    text = str(exc).strip()
+    for line in reversed(text.splitlines()):
+        if "CroptuneError: " in line:  # a worker's error inside a traceback Ray formatted
+            return line.split("CroptuneError: ", 1)[1]
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -15,6 +15,7 @@ from typing import Any
 
 from toolkit.answers import Example, GeneratedAnswer
 from toolkit.errors import CroptuneError
+from toolkit.messages import innermost_message
 from toolkit.protocols import AnswerBackend
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,5 @@ class RayReplicas:
         try:
             return ray.get(futures)
         except RayError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            message = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
+            message = innermost_message(exc)
             raise CroptuneError(f"a Ray replica of {self.name!r} failed: {message}") from exc

@@ -37,6 +37,7 @@ from teacher_labeling.labeling import (
 )
 from teacher_labeling.teachers import FusionConfig, OpenAITeacher, Teacher
 from toolkit.errors import CroptuneError
+from toolkit.messages import innermost_message
 from toolkit.progress import ProgressBar
 from toolkit.store import ItemRow, RunStore
 
@@ -222,7 +223,9 @@ def _run_group(
     writer.join()
     import_shards(run, folder, relabel, final=True)
     if failure:
-        raise CroptuneError(f"the Ray run of {group} failed: {_cause(failure[0])}") from failure[0]
+        raise CroptuneError(
+            f"the Ray run of {group} failed: {innermost_message(failure[0])}"
+        ) from failure[0]
 
 
 def _check_worker_keys(run: _LabelRun) -> None:
@@ -240,26 +243,7 @@ def _check_worker_keys(run: _LabelRun) -> None:
     try:
         ray.get(ray.remote(num_cpus=0)(check_keys).remote(configs))
     except CroptuneError as exc:  # Ray's task error subclasses the worker's exception
-        raise CroptuneError(_cause(exc)) from None
-
-
-def _cause(exc: BaseException) -> str:
-    """The message of the worker's own error inside what Ray raised (its last line)."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None)  # RayTaskError: the worker's exception
-        if isinstance(inner, BaseException):
-            exc = inner
-        elif exc.__cause__ is not None:
-            exc = exc.__cause__
-        else:
-            break
-    text = str(exc).strip()
-    for line in reversed(text.splitlines()):
-        if "CroptuneError: " in line:  # a worker's error inside a traceback Ray formatted
-            return line.split("CroptuneError: ", 1)[1]
-    return text.splitlines()[-1] if text else type(exc).__name__
+        raise CroptuneError(innermost_message(exc)) from None
 
 
 def _answer_followers(run: _LabelRun, limit: int | None, relabel: bool) -> None:
