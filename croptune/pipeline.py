@@ -250,12 +250,15 @@ def run_predict(
     replicas: int = 1,
     gpus_per_replica: float = 1.0,
     ray_address: str | None = None,
+    prepare_actors: int = 0,
+    prepare_cpus: float = 1.0,
 ) -> PredictSummary:
     """Predict a catalog with a bundle: its box source (or box_source), its crops, its student.
 
     The student runs in-process (the bundle's merged/ model, or base + adapter/), or behind
     an OpenAI-compatible `endpoint` (a base URL with `model`, or an endpoint YAML). engine
-    ray: `replicas` copies of the in-process student on a Ray cluster answer each batch.
+    ray: decode, boxes and crops run as Ray Data actors (at most prepare_actors, of
+    prepare_cpus each) and `replicas` copies of the in-process student answer each batch.
     """
     from finetune.predict import (
         DetectorBoxes,
@@ -264,6 +267,7 @@ def run_predict(
         load_bundle,
         predict_catalog,
     )
+    from finetune.predict.on_ray import RayPrepare
     from toolkit.bundle import BOX_SOURCES
 
     bundle = load_bundle(bundle_dir)
@@ -272,6 +276,12 @@ def run_predict(
         raise CroptuneError(f"unknown box source {source!r}; use detector, teacher or none")
     if teacher_config is not None and source != "teacher":
         raise CroptuneError("--teacher-config is for --box-source teacher")
+    if engine == "ray" and source == "teacher":
+        raise CroptuneError(
+            "--engine ray prepares items on Ray workers, which do not ask a box teacher; label "
+            "the boxes with `croptune label --engine ray`, or predict with --box-source "
+            "detector or none"
+        )
     boxes: BoxSource = NoBoxes()
     if source == "detector":
         if bundle.detector_dir is None:
@@ -301,8 +311,8 @@ def run_predict(
             "--engine ray runs replicas of the student on a Ray cluster; an --endpoint has "
             "replicas of its own (list them under base_url in an endpoint YAML)"
         )
-    if engine != "ray" and (replicas != 1 or ray_address is not None):
-        raise CroptuneError("--replicas and --ray-address go with --engine ray")
+    if engine != "ray" and (replicas != 1 or ray_address is not None or prepare_actors):
+        raise CroptuneError("--replicas, --prepare-actors and --ray-address go with --engine ray")
     if endpoint is not None:
         from teacher_labeling.endpoint import (
             EndpointBackend,
@@ -357,6 +367,9 @@ def run_predict(
             allow_outside=allow_outside,
             columns=columns,
             progress=progress,
+            on_ray=RayPrepare(prepare_actors, prepare_cpus, ray_address)
+            if engine == "ray"
+            else None,
         )
     finally:
         backend.close()

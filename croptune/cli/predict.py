@@ -79,6 +79,20 @@ def predict(
         min=0,
         help="With --engine ray: GPUs each replica holds (0: on CPUs).",
     ),
+    prepare_actors: int = typer.Option(
+        0,
+        "--prepare-actors",
+        min=0,
+        help="With --engine ray: at most this many actors decode, box and crop the items, "
+        "each with the detector loaded once (0: one per CPU of the cluster; Ray Data starts "
+        "one and adds more while CPUs are free).",
+    ),
+    prepare_cpus: float = typer.Option(
+        1.0,
+        "--prepare-cpus",
+        min=0.1,
+        help="With --engine ray: CPUs each preparation actor holds.",
+    ),
 ) -> None:
     """Boxes -> the training-time crops -> student -> one JSON per item (resumable)."""
     from croptune.pipeline import run_predict
@@ -105,6 +119,8 @@ def predict(
         replicas=replicas,
         gpus_per_replica=gpus_per_replica,
         ray_address=ray_address,
+        prepare_actors=prepare_actors,
+        prepare_cpus=prepare_cpus,
     )
     stats = summary.stats
     per_stage = stats["seconds_per_item"]

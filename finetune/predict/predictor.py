@@ -62,52 +62,35 @@ class ItemFailed(Exception):
         self.extra = extra
 
 
+def manifest_hash(bundle: Bundle) -> str:
+    """The SHA-256 of a bundle's manifest (part of every predict key)."""
+    return _sha(bundle.manifest.model_dump(mode="json", by_alias=True))
+
+
 def _sha(*parts: Any) -> str:
     """The SHA-256 of parts as canonical JSON."""
     blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class Predictor:
-    """One predict run over a work folder's store: boxes -> crops -> example -> student."""
+class ItemPreparer:
+    """An item's way to its example over a run store: decode, boxes, crops, example.
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        store: RunStore,
-        backend: AnswerBackend,
-        box_source: BoxSource,
-    ) -> None:
+    What predict does before the student answers, on any store that holds the item: the
+    work folder's own, or (predict on Ray) a scratch store a worker fills with one item's
+    rows (finetune.predict.on_ray).
+    """
+
+    def __init__(self, bundle: Bundle, store: RunStore, box_source: BoxSource) -> None:
         self.bundle = bundle
         self.store = store
-        self.backend = backend
         self.box_source = box_source if bundle.uses_crops else NoBoxes()
-        if bundle.uses_crops is False and not isinstance(box_source, NoBoxes):
-            logger.info(
-                "the student was trained without crops (strategy %s%s): no boxes are made",
-                bundle.dataset.strategy,
-                "" if bundle.crop else ", no crop stage",
-            )
-        manifest_hash = _sha(bundle.manifest.model_dump(mode="json", by_alias=True))
-        self.setup = _sha(manifest_hash, backend.identity(), self.box_source.key())
-        self.boxes_setup = _sha(manifest_hash, self.box_source.key())
+        self.boxes_setup = _sha(manifest_hash(bundle), self.box_source.key())
         self.crop_hash = bundle.crop.config_hash() if bundle.crop is not None else None
-
-    def item_key(self, item_id: str) -> str:
-        """The key of an item's prediction: the setup and the item as ingested."""
-        return _sha("predict", self.setup, self.store.item_fingerprint(item_id))
 
     def boxes_key(self, item_id: str) -> str:
         """The key of an item's boxes: the box source and the item as ingested."""
         return _sha("boxes", self.boxes_setup, self.store.item_fingerprint(item_id))
-
-    def finished(self, item_id: str) -> dict[str, Any] | None:
-        """The record of an item predicted under this setup already, or None."""
-        key = self.item_key(item_id)
-        if not self.store.has_result(item_id, key):
-            return None
-        cached = self.store.cached_response(key)
-        return (cached or {}).get("usage", {}).get("record")
 
     def prepare_item(self, item: ItemRow) -> PreparedItem:
         """Decode, box, crop and build the example of one item (raises ItemFailed)."""
@@ -202,6 +185,46 @@ class Predictor:
             key, source, source, item.item_id, None, text, {"boxes": len(boxes)}, boxes=boxes
         )
         return boxes
+
+
+class Predictor:
+    """One predict run over a work folder's store: boxes -> crops -> example -> student."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        store: RunStore,
+        backend: AnswerBackend,
+        box_source: BoxSource,
+    ) -> None:
+        self.bundle = bundle
+        self.store = store
+        self.backend = backend
+        self.preparer = ItemPreparer(bundle, store, box_source)
+        self.box_source = self.preparer.box_source
+        if bundle.uses_crops is False and not isinstance(box_source, NoBoxes):
+            logger.info(
+                "the student was trained without crops (strategy %s%s): no boxes are made",
+                bundle.dataset.strategy,
+                "" if bundle.crop else ", no crop stage",
+            )
+        self.setup = _sha(manifest_hash(bundle), backend.identity(), self.box_source.key())
+
+    def item_key(self, item_id: str) -> str:
+        """The key of an item's prediction: the setup and the item as ingested."""
+        return _sha("predict", self.setup, self.store.item_fingerprint(item_id))
+
+    def finished(self, item_id: str) -> dict[str, Any] | None:
+        """The record of an item predicted under this setup already, or None."""
+        key = self.item_key(item_id)
+        if not self.store.has_result(item_id, key):
+            return None
+        cached = self.store.cached_response(key)
+        return (cached or {}).get("usage", {}).get("record")
+
+    def prepare_item(self, item: ItemRow) -> PreparedItem:
+        """Decode, box, crop and build the example of one item (raises ItemFailed)."""
+        return self.preparer.prepare_item(item)
 
     def generate(self, prepared: list[PreparedItem]) -> list[GeneratedAnswer]:
         """The student's answers, one per item; an item that breaks generation alone fails."""

@@ -2,9 +2,10 @@
 
 Each replica is a Ray actor holding its own in-process backend (the bundle's model, on
 `gpus_per_replica` GPUs of its own); each batch of examples is split between the replicas
-and the answers come back in order. Decoding, boxes, crops and the work folder stay with
-the driver, as in a single-process predict, so records, cache keys and resuming are the
-same: a killed predict on Ray resumes from its work folder like any other.
+and the answers come back in order. Decoding, boxes and crops run on Ray too, as Ray Data
+actors (finetune.predict.on_ray); the work folder stays with the driver, so records, cache
+keys and resuming are a single-process predict's: a killed predict on Ray resumes from its
+work folder like any other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from toolkit.answers import Example, GeneratedAnswer
 from toolkit.errors import CroptuneError
 from toolkit.messages import innermost_message
 from toolkit.protocols import AnswerBackend
+from toolkit.ray_data import start_ray
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +85,7 @@ class RayReplicas:
         """Start (or join) Ray and load the student on every replica."""
         import ray
 
-        self._started = not ray.is_initialized()
-        if self._started:
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+        self._started = start_ray(self.address)
         remote = ray.remote(num_cpus=1, num_gpus=self.gpus)(_Replica)
         self._actors = [remote.remote(self._factory) for _ in range(self.replicas)]
         self._get([actor.prepare.remote() for actor in self._actors])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from finetune.detector.config import DETECTOR_SOURCE
 from finetune.predict.box_sources import NoBoxes
 from finetune.predict.bundle import Bundle
+from finetune.predict.on_ray import RayPrepare, prepared_on_ray
 from finetune.predict.predictor import STAGES, ItemFailed, Predictor, PreparedItem
 from finetune.predict.stats import (
     STATS_FILE,
@@ -54,13 +55,15 @@ def predict_catalog(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_ray: RayPrepare | None = None,
 ) -> PredictSummary:
     """Predict every item of a catalog with a bundle's student; write one JSON line per item.
 
     A failing item gets an error record ({"item_id", "error", "stage"}) and the rest go on.
     The work folder (default: beside `out`) is a run store: a re-run skips finished items.
     on_record is called with each new record once it is stored. columns: croptune field ->
-    the catalog's own column name (as `catalog validate --column`).
+    the catalog's own column name (as `catalog validate --column`). on_ray: decode, boxes,
+    crops and the examples as Ray Data actors (finetune.predict.on_ray), not in this process.
     """
     from toolkit.catalog import ingest_catalog, load_catalog
 
@@ -120,12 +123,19 @@ def predict_catalog(
         loop_seconds = 0.0
         if todo:
             clock = time.perf_counter()
-            predictor.box_source.prepare()
+            if on_ray is None:  # (on Ray, each preparation actor loads its own)
+                predictor.box_source.prepare()
             backend.prepare()  # loading weights is not answering time
             seconds["load"] = time.perf_counter() - clock
             clock = time.perf_counter()
+            size = max(1, batch_size)
+            batches = (
+                _prepared_here(predictor, todo, size)
+                if on_ray is None
+                else prepared_on_ray(predictor.preparer, _stored_items(store, todo), size, on_ray)
+            )
             try:
-                _run_items(predictor, todo, batch_size, progress, on_record, seconds, per_item)
+                _run_items(predictor, batches, len(todo), progress, on_record, seconds, per_item)
             finally:
                 predictor.box_source.close()
             loop_seconds = time.perf_counter() - clock
@@ -142,28 +152,41 @@ def predict_catalog(
     return summary
 
 
+def _prepared_here(
+    predictor: Predictor, todo: list[str], size: int
+) -> Iterator[list[tuple[ItemRow, PreparedItem | ItemFailed]]]:
+    """The items prepared in this process, size at a time: each one's example, or why not."""
+    for start in range(0, len(todo), size):
+        batch: list[tuple[ItemRow, PreparedItem | ItemFailed]] = []
+        for item in _stored_items(predictor.store, todo[start : start + size]):
+            try:
+                batch.append((item, predictor.prepare_item(item)))
+            except ItemFailed as failure:
+                batch.append((item, failure))
+        yield batch
+
+
 def _run_items(
     predictor: Predictor,
-    todo: list[str],
-    batch_size: int,
+    batches: Iterator[list[tuple[ItemRow, PreparedItem | ItemFailed]]],
+    total: int,
     progress: bool,
     on_record: Callable[[dict[str, Any]], None] | None,
     seconds: dict[str, float],
     per_item: PerItem,
 ) -> None:
-    """Prepare, answer and record the items, batch_size at a time (each item stored at once)."""
+    """Answer and record the prepared items a batch at a time (each item stored at once)."""
     from toolkit.progress import ProgressBar
 
-    size = max(1, batch_size)
-    with ProgressBar("predict", len(todo), progress) as bar:
-        for start in range(0, len(todo), size):
+    with ProgressBar("predict", total, progress) as bar:
+        for batch in batches:
             ready: list[PreparedItem] = []
-            for item in _stored_items(predictor.store, todo[start : start + size]):
-                try:
-                    ready.append(predictor.prepare_item(item))
-                except ItemFailed as failure:
-                    failed = predictor.fail(item.item_id, failure)
+            for item, prepared in batch:
+                if isinstance(prepared, ItemFailed):
+                    failed = predictor.fail(item.item_id, prepared)
                     _emit(predictor.store, failed, on_record, bar)
+                else:
+                    ready.append(prepared)
             if not ready:
                 continue
             clock = time.perf_counter()
@@ -216,15 +239,13 @@ def _write_records(store: RunStore, out: Path, summary: PredictSummary) -> None:
     summary.predicted = summary.items - summary.failed
 
 
-def _stored_items(store: RunStore, item_ids: list[str]) -> list[ItemRow]:
+def _stored_items(store: RunStore, item_ids: list[str]) -> Iterator[ItemRow]:
     """The stored rows of these items (ingested in this run: a missing one is a bug)."""
-    rows = []
     for item_id in item_ids:
         row = store.item(item_id)
         if row is None:
             raise CroptuneError(f"item {item_id!r} is not in the work folder {store.run_dir}")
-        rows.append(row)
-    return rows
+        yield row
 
 
 def _emit(

@@ -39,6 +39,7 @@ from teacher_labeling.teachers import FusionConfig, OpenAITeacher, Teacher
 from toolkit.errors import CroptuneError
 from toolkit.messages import innermost_message
 from toolkit.progress import ProgressBar
+from toolkit.ray_data import quiet_ray_data, start_ray
 from toolkit.store import ItemRow, RunStore
 
 logger = logging.getLogger(__name__)
@@ -153,16 +154,8 @@ def _run_on_ray(
     """Run each engine group's pipeline on Ray, importing shards as they land."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address=config.address,
-            num_cpus=config.num_cpus if config.address is None else None,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    _quiet_ray_data()
+    started = start_ray(config.address, config.num_cpus)
+    quiet_ray_data()  # (a Ray this process joined before, too)
     try:
         _check_worker_keys(run)
         for group, count in sorted(counts.items()):
@@ -171,20 +164,6 @@ def _run_on_ray(
     finally:
         if started:
             ray.shutdown()
-
-
-def _quiet_ray_data() -> None:
-    """Ray Data's own progress lines off the console: croptune's bar counts the answers (Ray
-    keeps its logs in the session's logs folder)."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    # Its memory and hanging-task detectors advise on Ray's own tuning, in the console; the
-    # failures croptune reports are the requests'.
-    context.issue_detectors_config.detectors = []
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _run_group(
