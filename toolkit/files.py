@@ -33,6 +33,14 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def write_once(target: Path, data: bytes) -> None:
+    """Write a content-addressed file unless present; never leaves half a file under its name."""
+    if target.exists():
+        return
+    with atomic_write(target, "wb") as handle:
+        handle.write(data)
+
+
 def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) of each non-blank line; the value is the
     json.JSONDecodeError itself for a line that is not JSON (the caller decides what that means)."""

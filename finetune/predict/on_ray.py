@@ -28,7 +28,7 @@ from finetune.predict.bundle import Bundle
 from finetune.predict.predictor import ItemFailed, ItemPreparer, PreparedItem
 from toolkit.boxes import Box
 from toolkit.errors import CroptuneError
-from toolkit.files import atomic_write
+from toolkit.files import write_once
 from toolkit.protocols import BoxSource
 from toolkit.ray_data import start_ray
 from toolkit.store import CropRow, ImageRow, ItemRow, RunStore
@@ -126,7 +126,7 @@ def load_item_state(preparer: ItemPreparer, state: ItemState) -> None:
     ids = _matching_ids(state.boxes, store.boxes(item_id))
     (store.run_dir / "crops").mkdir(exist_ok=True)
     for path, data in state.crop_files.items():
-        _write_once(store.run_dir / path, data)
+        write_once(store.run_dir / path, data)
     for crop in state.crops:
         store.add_crop(replace(crop, box_ids=[ids[i] for i in crop.box_ids]))
     if state.phashes and preparer.crop_hash:
@@ -175,7 +175,7 @@ def apply_changes(preparer: ItemPreparer, changes: ItemChanges) -> None:
     if changes.crop_files:
         (store.run_dir / "crops").mkdir(exist_ok=True)
     for path, data in changes.crop_files.items():
-        _write_once(store.run_dir / path, data)
+        write_once(store.run_dir / path, data)
     if preparer.crop_hash:
         stored = {(c.image, c.region): c for c in store.crops(item_id, preparer.crop_hash)}
         for crop in changes.crops:
@@ -223,13 +223,6 @@ def _matching_ids(before: list[tuple[int, Box]], after: list[tuple[int, Box]]) -
     for box_id, box in after:
         free.setdefault(box, []).append(box_id)
     return {box_id: free[box].pop(0) for box_id, box in before if free.get(box)}
-
-
-def _write_once(target: Path, data: bytes) -> None:
-    """Write a content-addressed file unless present."""
-    if not target.exists():
-        with atomic_write(target, "wb") as handle:
-            handle.write(data)
 
 
 class PrepareItems:

@@ -28,7 +28,7 @@ from toolkit.crops.selection import (
     priority_order,
     select_images,
 )
-from toolkit.files import atomic_write
+from toolkit.files import write_once
 from toolkit.images import ImageLoadError, load_image, pixel_hash
 from toolkit.store import CropRow, ImageRow, RunStore
 
@@ -120,7 +120,7 @@ def _cut_item(job: _ItemJob) -> _ItemResult:
             pixels = crop_region(image, plan.region, config.fill)
             data, suffix = encode_crop(pixels, config)
             name = hashlib.sha256(data).hexdigest()[:24] + suffix
-            _write_once(job.run_dir / "crops" / name, data)
+            write_once(job.run_dir / "crops" / name, data)
             result.new_crops.append(
                 CropRow(
                     item_id=job.item_id,
@@ -140,14 +140,6 @@ def _cut_item(job: _ItemJob) -> _ItemResult:
         except ImageLoadError as exc:
             result.errors.append((-1, f"crop {path}: {exc}"))
     return result
-
-
-def _write_once(target: Path, data: bytes) -> None:
-    """Write a content-addressed file unless present; never leaves half a file under its name."""
-    if target.exists():
-        return
-    with atomic_write(target, "wb") as handle:
-        handle.write(data)
 
 
 @dataclass
