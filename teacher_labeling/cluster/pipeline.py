@@ -1,17 +1,19 @@
 """The Ray Data pipeline of one engine group: request files -> prepared images -> answers.
 
-    read_parquet(requests) -> blocks of batch_size -> map_batches(prepare_batch)  CPU tasks
+    request files -> blocks of batch_size (object store) -> map_batches(prepare_batch)  CPU tasks
       -> http: map_batches(AskTeachers, concurrency=replicas)  async actors, croptune's client
       -> vllm: ray.data.llm vLLMEngineProcessorConfig           engine replicas on GPUs
     -> rows of answer shards (stages.SHARD_COLUMNS)
 
-Building it starts nothing: Ray runs it when the driver writes the shards.
+Building it puts the request blocks in Ray's object store; Ray runs the rest when the
+driver writes the shards.
 """
 
 from __future__ import annotations
 
 import functools
 import pickle
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from teacher_labeling.cluster.config import RayConfig
@@ -31,7 +33,10 @@ if TYPE_CHECKING:
 
 # An HTTP actor mostly waits on the network: a quarter of a CPU leaves the rest to preparation.
 HTTP_ACTOR_CPUS = 0.25
-# Reading request files, and the vLLM rows made from and back into croptune's: light.
+# Batches an HTTP actor takes at once: its teachers' engines bound the requests in flight, and
+# the next batch's requests start while the last ones of a batch are still out.
+HTTP_ACTOR_BATCHES = 4
+# The vLLM rows made from and back into croptune's: light.
 LIGHT_CPUS = 0.1
 # vLLM's CPU build (gpus_per_replica 0): the engine and Ray Data's LLM stages (chat
 # template, tokenize, images, detokenize; one actor each) at fractions of a CPU, so that a
@@ -42,18 +47,13 @@ CPU_STAGE_CPUS = 0.1
 
 
 def answer_dataset(
-    requests: str, teachers: list[Teacher], config: RayConfig, group: str
+    requests: Path, teachers: list[Teacher], config: RayConfig, group: str
 ) -> Dataset:
     """The lazy Dataset of one group's answer-shard rows (group "http" or "vllm-<teacher>")."""
     import ray.data
 
-    # Blocks of one batch each: a map task's outputs are merged into one block per input
-    # block, and a request file is one block, so without this a whole file of answers
-    # would reach the shard writer at once (and be lost at once in a crash).
-    prepared = (
-        ray.data.read_parquet(requests, num_cpus=LIGHT_CPUS)
-        .repartition(target_num_rows_per_block=config.batch_size)
-        .map_batches(prepare_batch, batch_size=config.batch_size, num_cpus=config.prepare_cpus)
+    prepared = ray.data.from_arrow_refs(request_blocks(requests, config.batch_size)).map_batches(
+        prepare_batch, batch_size=config.batch_size, num_cpus=config.prepare_cpus
     )
     payload = teachers_payload(teachers, config)
     if group == "http":
@@ -61,7 +61,9 @@ def answer_dataset(
             AskTeachers,
             fn_constructor_kwargs={"teachers": payload},
             batch_size=config.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=config.replicas),
+            compute=ray.data.ActorPoolStrategy(
+                size=config.replicas, max_concurrent_calls_per_actor=HTTP_ACTOR_BATCHES
+            ),
             num_cpus=HTTP_ACTOR_CPUS,
         )
     from ray.data.llm import build_processor
@@ -75,6 +77,27 @@ def answer_dataset(
         postprocess_map_kwargs={"num_cpus": LIGHT_CPUS},
     )
     return processor(prepared)
+
+
+def request_blocks(requests: Path, batch_size: int) -> list[Any]:
+    """The request files as blocks of batch_size rows in Ray's object store: workers on any
+    node fetch them through Ray (no shared file system), Ray spills them to disk past its
+    memory, and the driver reads one file at a time and keeps only the references.
+
+    Blocks of one batch each: a map task's outputs are merged into one block per input block,
+    so a bigger block would reach the shard writer at once (and be lost at once in a crash).
+    Ray Data's read_parquet is not used: its planning and footer-reading tasks cost seconds
+    before the first request (measured: docs/benchmarks.md).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    return [
+        ray.put(pa.Table.from_batches([batch]))
+        for path in sorted(requests.glob("*.parquet"))
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    ]
 
 
 def vllm_processor_config(teacher: Teacher, config: RayConfig) -> vLLMEngineProcessorConfig:

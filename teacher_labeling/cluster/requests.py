@@ -2,8 +2,8 @@
 
 The driver keys and claims requests exactly as a single-process run does; a row carries the
 question (its prompt, parameters, cache key), one image job per image it shows, and the item.
-Rows are written as Parquet files that Ray Data reads in parallel, so the driver never holds
-the whole list.
+Rows are written as Parquet files, so the driver never holds the whole list: they go to Ray's
+object store a file at a time (pipeline.request_blocks).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 imports the answer shards the workers write, as they land.
 
     store -> pending requests (keyed, one per question) -> request files (Parquet)
-      -> Ray Data: read -> prepare images (CPU tasks) -> model stage -> answer shards
+      -> Ray Data: request blocks -> prepare images (CPU tasks) -> model stage -> answer shards
       -> the driver imports each finished shard -> followers and fusion -> LabelSummary
 
 What a single-process run has holds here: the same cache keys (a finished request is never
@@ -178,7 +178,7 @@ def _run_group(
     from teacher_labeling.cluster.pipeline import answer_dataset
 
     teachers = [t for t in run.teachers if _group(t, config) == group]
-    dataset = answer_dataset(str(requests), teachers, config, group)
+    dataset = answer_dataset(requests, teachers, config, group)
     failure: list[BaseException] = []
     done = threading.Event()
 
